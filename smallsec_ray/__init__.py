@@ -1,0 +1,1 @@
+"""smallsec-ray: large models teach small security classifiers, on Ray."""

@@ -1,0 +1,181 @@
+"""`smallsec`: a thin command line over the library. Errors are printed as messages, not tracebacks."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from smallsec_ray.errors import SmallsecError
+
+DESCRIPTION = """\
+smallsec: use large models to train small, fast security classifiers (command lines, URLs, HTML), on Ray.
+
+A job spec (YAML) names the workload, the data, the teacher, the student and the resources.
+Typical use:
+  smallsec demo-data demo-data                 # a small synthetic data set for a first run
+  smallsec validate jobs/local/distill.yaml    # check a spec, print it resolved
+  smallsec run jobs/local/distill.yaml         # run it here, on an embedded Ray
+  smallsec submit jobs/cluster/distill.yaml --address http://HEAD:8265   # run it on a Ray cluster
+  smallsec spec-reference                      # every spec key, its type, default and meaning
+"""
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from smallsec_ray.spec import load_spec
+    from smallsec_ray.workflows import stages_for
+
+    spec = load_spec(args.spec)
+    stages = stages_for(spec)
+    print(json.dumps(spec.model_dump(mode="json"), indent=2))
+    print(f"\n{args.spec}: valid. Workload {spec.workload}: stages " + " -> ".join(s.name for s in stages),
+          file=sys.stderr)
+    return 0
+
+
+def _cmd_spec_reference(args: argparse.Namespace) -> int:
+    from smallsec_ray.spec import spec_reference
+
+    print(spec_reference())
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from smallsec_ray.job import run_job
+    from smallsec_ray.spec import load_spec
+
+    spec = load_spec(args.spec)
+    if args.output:
+        spec = spec.model_copy(update={"output": args.output})
+    run_job(spec, force_from=args.from_stage, until=args.until)
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from smallsec_ray.runtime import submit_job
+    from smallsec_ray.spec import load_spec
+
+    load_spec(args.spec)  # fail here, not on the cluster
+    extra = []
+    for flag, value in (("--from", args.from_stage), ("--until", args.until), ("--output", args.output)):
+        if value:
+            extra += [flag, value]
+    job_id = submit_job(args.spec, args.address, working_dir=args.working_dir, extra_args=extra, pip=args.pip)
+    print(f"submitted job {job_id} to {args.address}")
+    print(f"  follow:  ray job logs --address {args.address} --follow {job_id}")
+    print(f"  status:  ray job status --address {args.address} {job_id}")
+    print(f"  stop:    ray job stop --address {args.address} {job_id}")
+    if not args.wait:
+        return 0
+    return _follow(args.address, job_id)
+
+
+def _follow(address: str, job_id: str) -> int:
+    import asyncio
+
+    from ray.job_submission import JobStatus, JobSubmissionClient
+
+    client = JobSubmissionClient(address)
+
+    async def tail() -> None:
+        async for lines in client.tail_job_logs(job_id):
+            print(lines, end="", flush=True)
+
+    asyncio.run(tail())
+    status = client.get_job_status(job_id)
+    print(f"job {job_id}: {status.value}")
+    return 0 if status == JobStatus.SUCCEEDED else 1
+
+
+def _cmd_demo_data(args: argparse.Namespace) -> int:
+    from smallsec_ray.data.demo import write_demo_data
+
+    written = write_demo_data(args.dir, seed=args.seed, scale=args.scale)
+    n = sum(len(v) for v in written.values())
+    print(f"wrote {n} demo shards under {Path(args.dir).resolve()} (synthetic data, for the demo only)")
+    return 0
+
+
+def _cmd_score(args: argparse.Namespace) -> int:
+    from smallsec_ray.export import score_file
+
+    return score_file(args.model_dir, args.file, column=args.column, output=args.output)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="smallsec", description=DESCRIPTION,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    def stage_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--from", dest="from_stage", metavar="STAGE",
+                       help="rerun this stage and every stage after it, even if complete")
+        p.add_argument("--until", metavar="STAGE", help="stop after this stage")
+        p.add_argument("--output", metavar="DIR", help="write the run here instead of the spec's `output`")
+
+    p = sub.add_parser("run", help="run a job spec on an embedded Ray on this machine (or resources.address)",
+                       description="Run a job spec. Each stage writes its outputs and a manifest under the "
+                       "output folder; a rerun skips complete stages, so a run that died resumes.")
+    p.add_argument("spec", help="path of the YAML job spec")
+    stage_options(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("submit", help="submit a job spec to a Ray cluster through the Ray Jobs API",
+                       description="Submit `smallsec run SPEC` as a Ray job. The current folder travels as the "
+                       "job's working dir; the spec path must be relative to it, and the spec's data and output "
+                       "must be reachable from the cluster (shared storage or s3:// / gs:// URIs).")
+    p.add_argument("spec", help="path of the YAML job spec, relative to the working dir")
+    p.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--working-dir", default=".", help="folder sent to the cluster (default: this folder)")
+    p.add_argument("--pip", nargs="*", metavar="REQ", help="pip requirements to install on the cluster for "
+                   "this job (default: none, the cluster image has them)")
+    p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it failed")
+    stage_options(p)
+    p.set_defaults(func=_cmd_submit)
+
+    p = sub.add_parser("validate", help="check a job spec; print it resolved (with defaults) or every error",
+                       description="Check a job spec: unknown keys, wrong types, bad values and missing files "
+                       "are reported with their key path. On success print the resolved spec as JSON.")
+    p.add_argument("spec", help="path of the YAML job spec")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("spec-reference", help="print every job spec key with its type, default and meaning")
+    p.set_defaults(func=_cmd_spec_reference)
+
+    p = sub.add_parser("demo-data", help="write a small synthetic telemetry set (for the demo job only)",
+                       description="Write synthetic command lines, URLs and HTML pages (labelled, noisily "
+                       "labelled, unlabelled and test parts, in Parquet, JSONL and CSV shards) to DIR.")
+    p.add_argument("dir", help="folder to write into")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1.0)")
+    p.set_defaults(func=_cmd_demo_data)
+
+    p = sub.add_parser("score", help="score a file of artifacts with an exported student (ONNX Runtime)",
+                       description="Score every row of FILE (a text file with one artifact per line, or a "
+                       "JSONL/CSV/Parquet shard) with the exported model in MODEL_DIR, as an endpoint would.")
+    p.add_argument("model_dir", help="folder written by the export stage (model.onnx, config.json)")
+    p.add_argument("file", help="artifacts to score")
+    p.add_argument("--column", default="text", help="column holding the artifact in JSONL/CSV/Parquet input")
+    p.add_argument("--output", help="write scores as JSONL here (default: print to stdout)")
+    p.set_defaults(func=_cmd_score)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except SmallsecError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    except Exception as err:  # Ray wraps errors raised in tasks; show ours as messages too
+        cause = getattr(err, "cause", None)
+        if isinstance(cause, SmallsecError):
+            print(f"error: {cause}", file=sys.stderr)
+            return 2
+        raise
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Telemetry shards: the canonical schema, shard IO, validation with quarantine, splits."""

@@ -1,0 +1,73 @@
+"""Where Ray runs: an embedded Ray on this machine (dev mode), or a cluster we join or submit to."""
+
+from __future__ import annotations
+
+import os
+import shlex
+
+import ray
+
+# Set before Ray starts, in this process and (through runtime_env) in its workers.
+RUNTIME_ENV_VARS = {
+    # Ray Data packs small Parquet files into 128 MiB read tasks: one task would label every shard.
+    "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(1 << 20),
+    # vLLM on CPU: a bounded KV cache (default takes 0.9 of RAM), no torch.compile warm-up,
+    # engine in the calling process (starts in seconds).
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TORCH_COMPILE_DISABLE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+    "DS_ACCELERATOR": "cpu",
+    "HF_HUB_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+}
+
+
+def apply_env_defaults() -> None:
+    """Sets the environment defaults above unless the user set them already."""
+    for key, value in RUNTIME_ENV_VARS.items():
+        os.environ.setdefault(key, value)
+
+
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+    """Starts an embedded Ray (address None) or joins an existing cluster; no-op if Ray is already up.
+
+    The embedded Ray gets at least 4 logical CPUs: on a 2-core machine actors and train workers with
+    fractional CPUs otherwise wait forever for resources (a silent hang).
+    """
+    apply_env_defaults()
+    if ray.is_initialized():
+        return
+    env = {"env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS}}
+    address = address or os.environ.get("RAY_ADDRESS")  # set when we run as a Ray job on a cluster
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        return
+    cpus = num_cpus or max(4, os.cpu_count() or 1)
+    # address="local": always a new instance, never a cluster some other process started here.
+    ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
+             runtime_env=env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def submit_job(spec_path: str, address: str, working_dir: str = ".", extra_args: list[str] | None = None,
+               pip: list[str] | None = None) -> str:
+    """Submits `smallsec run SPEC` as a Ray job through the Jobs API; returns the job id.
+
+    The working dir (this checkout, without .venv, runs and .git) travels in the runtime_env, so the
+    cluster runs this exact code; the cluster's Python must have the dependencies (see cluster/), or
+    name them in `pip`.
+    """
+    from ray.job_submission import JobSubmissionClient
+
+    apply_env_defaults()
+    runtime_env: dict = {
+        "working_dir": working_dir,
+        "excludes": [".venv/", "runs/", ".git/", "demo-data/", "*.onnx", "__pycache__/"],
+        "env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS},
+    }
+    if pip:
+        runtime_env["pip"] = pip
+    entrypoint = shlex.join(["python", "-m", "smallsec_ray.cli", "run", spec_path, *(extra_args or [])])
+    client = JobSubmissionClient(address)
+    return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+

