@@ -1,0 +1,142 @@
+"""The one place that knows DeepSpeed from DDP: both give the train loop the same few calls.
+
+    engine = build_engine(model, training, learning_rate)   # inside a Ray Train worker
+    logits = engine(*inputs); engine.backward(loss); engine.step()
+    engine.save(folder) / engine.load(folder)               # full training state, every rank calls
+    engine.full_state_dict()                                # fp32 weights on rank 0 (None elsewhere)
+
+Both use a plain torch AdamW: DeepSpeed's fused and CPU Adam compile for ~50 s on first use, and a
+client optimizer runs under every ZeRO stage.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import ray.train
+import ray.train.torch
+import torch
+from torch import nn
+
+from smallsec_ray.spec import TrainingSpec
+
+GRAD_CLIP = 1.0
+DS_TAG = "deepspeed"  # sub-folder of a checkpoint holding DeepSpeed's files
+DDP_STATE = "ddp_state.pt"
+_DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def build_engine(model: nn.Module, training: TrainingSpec, learning_rate: float) -> DeepSpeedEngine | DDPEngine:
+    """Wraps `model` for the strategy of `training`; call inside a Ray Train worker."""
+    if training.strategy == "deepspeed":
+        return DeepSpeedEngine(model, training, learning_rate)
+    return DDPEngine(model, training, learning_rate)
+
+
+def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone() for k, v in state.items()}
+
+
+def deepspeed_config(training: TrainingSpec, world_size: int) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": training.batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": training.batch_size * world_size,
+        "gradient_clipping": GRAD_CLIP,
+        "zero_optimization": {"stage": training.zero_stage},
+        "zero_allow_untested_optimizer": True,  # the client AdamW is fine under ZeRO
+        "bf16": {"enabled": training.precision == "bf16"},
+        "fp16": {"enabled": training.precision == "fp16"},
+        "steps_per_print": 1 << 30,
+    }
+
+
+class DeepSpeedEngine:
+    def __init__(self, model: nn.Module, training: TrainingSpec, learning_rate: float):
+        import deepspeed
+
+        self.zero_stage = training.zero_stage
+        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
+        config = deepspeed_config(training, ray.train.get_context().get_world_size())
+        # Ray Train has set up the process group (gloo on CPU, NCCL on GPU); DeepSpeed joins it.
+        self.ds, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.module: nn.Module = self.ds.module
+        self.device = self.ds.device
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        return self.ds(*inputs, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.ds.backward(loss)
+
+    def step(self) -> None:
+        self.ds.step()  # clips, steps and zeroes the gradients
+
+    def train(self, mode: bool = True) -> None:
+        self.ds.train(mode)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        """Collective: ZeRO-3 shards every parameter across ranks, so all ranks gather them (one
+        module at a time would also do; the students and MiniLM fit at once) and rank 0 copies them."""
+        import deepspeed
+
+        params = list(self.module.parameters())
+        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.zero_stage == 3):
+            if ray.train.get_context().get_world_rank() != 0:
+                return None
+            return _fp32_cpu(self.module.state_dict())
+
+    def save(self, folder: Path) -> None:
+        """Every rank writes its own ZeRO shards; Ray Train gathers all ranks' files into one checkpoint."""
+        self.ds.save_checkpoint(str(folder), tag=DS_TAG)
+
+    def load(self, folder: Path) -> None:
+        path, _ = self.ds.load_checkpoint(str(folder), tag=DS_TAG)
+        if path is None:
+            raise FileNotFoundError(f"{folder}: no DeepSpeed checkpoint under {DS_TAG}/")
+
+
+class DDPEngine:
+    def __init__(self, model: nn.Module, training: TrainingSpec, learning_rate: float):
+        self.model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP if world > 1
+        self.module: nn.Module = getattr(self.model, "module", self.model)
+        self.device = ray.train.torch.get_device()
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate)
+        self.dtype = _DTYPES[training.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
+
+    def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
+        with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
+            return self.model(*inputs, **kwargs)
+
+    def backward(self, loss: torch.Tensor) -> None:
+        self.scaler.scale(loss).backward()
+
+    def step(self) -> None:
+        self.scaler.unscale_(self.optimizer)
+        nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+
+    def train(self, mode: bool = True) -> None:
+        self.model.train(mode)
+
+    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+        if ray.train.get_context().get_world_rank() != 0:
+            return None
+        return _fp32_cpu(self.module.state_dict())
+
+    def save(self, folder: Path) -> None:
+        """DDP replicas are identical: rank 0 writes the whole state."""
+        if ray.train.get_context().get_world_rank() == 0:
+            state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
+                     "scaler": self.scaler.state_dict()}
+            torch.save(state, Path(folder) / DDP_STATE)
+
+    def load(self, folder: Path) -> None:
+        state = torch.load(Path(folder) / DDP_STATE, map_location=self.device, weights_only=True)
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scaler.load_state_dict(state["scaler"])

@@ -1,0 +1,109 @@
+"""Job spec errors name the key path, what is wrong and what is allowed."""
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smallsec_ray.cli import main
+from smallsec_ray.errors import SpecError
+from smallsec_ray.spec import load_spec, parse_spec, spec_reference
+
+
+@pytest.fixture
+def shard(tmp_path: Path) -> Path:
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "ls -la", "label": "benign"}\n')
+    return path
+
+
+def minimal(shard: Path, **overrides) -> dict:
+    spec = {"name": "t", "workload": "distill", "artifact": "cmdline",
+            "data": {"labelled": [str(shard)]}, "output": "runs/t"}
+    spec.update(overrides)
+    return spec
+
+
+def errors_of(raw: dict) -> str:
+    with pytest.raises(SpecError) as err:
+        parse_spec(raw, "job.yaml")
+    return str(err.value)
+
+
+def test_minimal_spec_fills_documented_defaults(shard):
+    spec = parse_spec(minimal(shard))
+    assert spec.training.strategy == "deepspeed"
+    assert spec.teacher.model == "bundled:all-minilm-l6-v2"
+    assert spec.classes == ["benign", "malicious"]
+
+
+def test_misspelt_key_names_its_path_and_the_allowed_keys(shard):
+    raw = minimal(shard, training={"zero_stag": 2})
+    msg = errors_of(raw)
+    assert "training.zero_stag: unknown key" in msg
+    assert "zero_stage" in msg  # the allowed keys are listed
+
+
+def test_wrong_type_and_bad_enum_are_reported_together(shard):
+    raw = minimal(shard, training={"zero_stage": 5, "epochs": "three"})
+    msg = errors_of(raw)
+    assert "2 error(s)" in msg
+    assert "training.zero_stage" in msg and "0, 1, 2 or 3" in msg
+    assert "training.epochs" in msg and "'three'" in msg
+
+
+def test_strings_are_not_coerced_to_numbers(shard):
+    assert "training.batch_size" in errors_of(minimal(shard, training={"batch_size": "64"}))
+
+
+def test_missing_required_key_and_missing_file(tmp_path, shard):
+    raw = minimal(shard, data={"labelled": [str(tmp_path / "nope" / "*.parquet")]})
+    del raw["output"]
+    msg = errors_of(raw)
+    assert "output: required key is missing" in msg
+    raw["output"] = "runs/x"
+    msg = errors_of(raw)
+    assert "data.labelled.0" in msg and "nope" in msg
+
+
+def test_positive_class_must_be_a_class(shard):
+    assert "positive_class 'evil' is not one of classes" in errors_of(minimal(shard, positive_class="evil"))
+
+
+def test_replicas_take_a_count_or_a_min_max_pair(shard):
+    assert parse_spec(minimal(shard, labeling={"replicas": [1, 3]})).labeling.replicas == (1, 3)
+    assert "replicas" in errors_of(minimal(shard, labeling={"replicas": [3, 1]}))
+
+
+def test_environment_variables_expand_with_defaults(shard, monkeypatch):
+    raw = minimal(shard, output="${RUNS_DIR:-runs}/job")
+    assert parse_spec(raw).output == "runs/job"
+    monkeypatch.setenv("RUNS_DIR", "/tmp/elsewhere")
+    assert parse_spec(raw).output == "/tmp/elsewhere/job"
+
+
+def test_yaml_is_read_with_safe_load(tmp_path):
+    path = tmp_path / "evil.yaml"
+    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):
+        load_spec(path)
+
+
+def test_validate_command_prints_errors_and_exits_2(tmp_path, shard, capsys):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal(shard, student={"modle": "char_cnn"})))
+    assert main(["validate", str(path)]) == 2
+    assert "student.modle: unknown key" in capsys.readouterr().err
+    path.write_text(yaml.safe_dump(minimal(shard)))
+    assert main(["validate", str(path)]) == 0
+    assert '"zero_stage": 1' in capsys.readouterr().out
+
+
+def test_every_key_has_a_description():
+    ref = spec_reference()
+    entries = ref.split("\n")
+    keys = [e for e in entries if not e.startswith("    ")]
+    descriptions = [e for e in entries if e.startswith("    ")]
+    assert len(keys) == len(descriptions) > 60
+    assert all(d.strip() for d in descriptions), "a key has an empty description"
+    assert "training.zero_stage" in ref

@@ -1,0 +1,79 @@
+"""`smallsec submit` against a real Ray head started here on 127.0.0.1, running a small job to the end."""
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smallsec_ray.cli import main
+
+pytestmark = pytest.mark.timeout(600)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    """A Ray head with the Jobs API, in its own process group so that the test can stop exactly it
+    (`ray stop` would stop every Ray on the machine)."""
+    temp_dir = tmp_path_factory.mktemp("rayhead")
+    port, dash = free_port(), free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    env.pop("RAY_ADDRESS", None)
+    ray_bin = Path(sys.executable).parent / "ray"
+    proc = subprocess.Popen(
+        [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
+         "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
+         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    address = f"http://127.0.0.1:{dash}"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(f"{address}/api/version", timeout=2):
+                break
+        except OSError:
+            if proc.poll() is not None:
+                pytest.fail(f"ray start exited with {proc.returncode}")
+            time.sleep(1)
+    else:
+        os.killpg(proc.pid, signal.SIGTERM)
+        pytest.fail("the Ray head's dashboard did not come up in 120 s")
+    yield address
+    os.killpg(proc.pid, signal.SIGTERM)
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, capsys, monkeypatch):
+    out = tmp_path / "run"
+    spec = {"name": "submitted", "workload": "distill", "artifact": "cmdline",
+            "data": {"labelled": [str(shared_data / "cmdline" / "gtfobins.jsonl")],
+                     "columns": {"group": ["binary"]}, "max_rows_per_shard": 200},
+            "output": str(out)}
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(yaml.safe_dump(spec))
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
+    printed = capsys.readouterr().out
+    assert "submitted job" in printed and "ray job logs" in printed
+    assert code == 0, printed[-3000:]
+    manifest = json.loads((out / "prepare" / "manifest.json").read_text())
+    assert manifest["counts"]["rows_in"] == 200
+    assert manifest["counts"]["rows_out"] + manifest["counts"]["rows_quarantined"] == 200
