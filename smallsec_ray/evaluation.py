@@ -83,8 +83,8 @@ class Metrics:
     macro_f1: float  # F1 averaged over the classes present in the truth or the predictions (score > 0.5)
     roc_auc: float | None  # None when the rows hold one class only (see note)
     at_threshold: dict[str, OperatingPoint]  # per named threshold (val_fpr_0.01, given, ...)
-    # TPR at each FPR with the threshold picked on THESE rows' own ROC: an upper bound that a deployed
-    # model does not reach (its threshold comes from validation). Keyed by the FPR, e.g. "0.01".
+    # "Oracle" TPR at each FPR: the threshold is picked on THESE rows, so the FPR limit holds on them. A deployed
+    # model's threshold comes from validation and lands at some other FPR here. Keyed by FPR, e.g. "0.01".
     oracle_tpr_at_fpr: dict[str, float | None]
     note: str = ""
 
@@ -236,7 +236,7 @@ def _comparison_sentence(base: str, cand: str, fpr: float, base_point: Operating
     return (f"At equal TPR ({_pct(base_point.tpr)}), {cand} has {cand_equal.fp} false positives against "
             f"{base_point.fp} for {base} ({change}). At the thresholds picked for {fpr:g} FPR on validation, "
             f"{cand} detects {_pct(cand_own.tpr)} against {_pct(base_point.tpr)} for {base} ({points}), "
-            f"with {cand_own.fp} and {base_point.fp} false positives. "
+            f"with {cand_own.fp} and {base_point.fp} false positives respectively. "
             f"Target ({target}): {'met' if meets else 'not met'}.")
 
 

@@ -77,7 +77,7 @@ def _plot_roc(out: Path, models: list[ModelReport], colors: dict[str, str]) -> s
     n_neg = max(len(m.y_true) - int(m.y_true.sum()) for m in models)
     # FPR 0 has no place on a log axis: the curve's start is drawn at the left edge instead.
     x_min = min([0.5 / n_neg] + [f / 10 for f in fprs if f > 0])
-    fig = Figure(figsize=(7.5, 5.5), dpi=120)
+    fig = Figure(figsize=(7.5, 5.5), dpi=120, layout="constrained")
     ax = fig.subplots()
     for f in fprs:
         ax.axvline(max(f, x_min), color="0.8", linestyle=":", linewidth=1)
@@ -117,7 +117,8 @@ def _plot_score_histograms(out: Path, models: list[ModelReport]) -> str:
     bins = np.linspace(0.0, 1.0, 41)
     for ax, m in zip(axes, models, strict=False):
         positive = m.y_true == 1
-        ax.hist(m.scores[~positive], bins=bins, color="tab:blue", alpha=0.6, label=f"true {_negative_name(m)}")
+        ax.hist(m.scores[~positive], bins=bins, color="tab:blue", alpha=0.6,
+                label=f"true {_negative_name(m)}")
         ax.hist(m.scores[positive], bins=bins, color="tab:red", alpha=0.6, label=f"true {m.positive_class}")
         for f in m.fprs:
             t = m.thresholds.get(threshold_name(f))
@@ -135,21 +136,21 @@ def _plot_score_histograms(out: Path, models: list[ModelReport]) -> str:
 
 
 def _plot_tp_fp(out: Path, c: Comparison, colors: dict[str, str]) -> str:
-    fig = Figure(figsize=(6.5, 4.8), dpi=120, layout="constrained")
-    ax = fig.subplots()
-    groups = ("True positives", "False positives")
-    width = 0.38
-    for i, name in enumerate((c.baseline, c.candidate)):
-        point = c.at_val_fpr[name]
-        x = np.arange(len(groups)) + (i - 0.5) * width
-        bars = ax.bar(x, [point.tp, point.fp], width, label=name, color=colors.get(name, f"C{i}"))
+    # One panel per count, each with its own scale: false positives are often a hundred times fewer.
+    fig = Figure(figsize=(7.5, 4.8), dpi=120, layout="constrained")
+    names = (c.baseline, c.candidate)
+    for ax, (title, count) in zip(fig.subplots(1, 2), (("True positives (higher is better)", "tp"),
+                                                       ("False positives (lower is better)", "fp")), strict=True):
+        values = [getattr(c.at_val_fpr[name], count) for name in names]
+        bars = ax.bar(range(len(names)), values, 0.6, color=[colors.get(n, f"C{i}") for i, n in enumerate(names)],
+                      label=names)
         ax.bar_label(bars, padding=2)
-    ax.set_xticks(np.arange(len(groups)), groups)
-    ax.set_ylabel("test rows")
-    ax.set_title(f"{c.candidate} vs {c.baseline}\nat each model's threshold for {c.fpr:g} FPR (picked on "
-                 f"validation); {c.n:,} test rows, {c.n_pos:,} positive", fontsize=10)
-    ax.legend()
-    ax.margins(y=0.12)
+        ax.set_xticks(range(len(names)), names)
+        ax.set_title(title, fontsize=10)
+        ax.set_ylabel("test rows")
+        ax.margins(y=0.12)
+    fig.suptitle(f"{c.candidate} vs {c.baseline} at each model's threshold for FPR {c.fpr:g} (picked on "
+                 f"validation)\n{c.n:,} test rows, {c.n_pos:,} positive", fontsize=10)
     return _save(fig, out, f"tp_fp_{_slug(c.baseline)}_vs_{_slug(c.candidate)}.png")
 
 
@@ -185,8 +186,8 @@ def _markdown(job: dict, stages: list[dict], models: list[ModelReport], comparis
     if audit is not None:
         parts += _audit_section(audit)
     if extra:
-        parts += ["## Other figures", "", _table(["key", "value"], [[k, _value(v)] for k, v in extra.items()]),
-                  ""]
+        parts += ["## Other figures", "",
+                  _table(["key", "value"], [[k, _value(v)] for k, v in extra.items()]), ""]
     parts.append("Every figure above, and more, is in `report.json`.")
     return "\n".join(parts) + "\n"
 
@@ -219,7 +220,8 @@ def _models_section(models: list[ModelReport], plots: dict[str, str]) -> list[st
                   _table(["threshold", "value", "TP", "FP", "TN", "FN", "TPR", "FPR"],
                          [[name, f"{p.threshold:.6g}", _fmt(p.tp), _fmt(p.fp), _fmt(p.tn), _fmt(p.fn),
                            _fmt(p.tpr), _fmt(p.fpr)] for name, p in m.overall.at_threshold.items()]), "",
-                  "Oracle TPR (threshold picked on the test rows themselves, an upper bound): "
+                  "Oracle TPR (threshold tuned on these test rows to keep FPR at or below the target; no deployed "
+                  "model can tune it so): "
                   + ", ".join(f"{_fmt(t)} at FPR {f}" for f, t in m.overall.oracle_tpr_at_fpr.items()) + ".",
                   ""]
         if m.overall.note:
@@ -254,7 +256,8 @@ def _group_table(models: list[ModelReport], column: str) -> str:
 def _comparison_block(c: Comparison, plot: str | None) -> str:
     rows = []
     for label, points in (("at the baseline's threshold", c.at_baseline_threshold),
-                          ("at equal TPR", c.at_equal_tpr), (f"at own threshold for FPR {c.fpr:g}", c.at_val_fpr)):
+                          ("at equal TPR", c.at_equal_tpr),
+                          (f"at own threshold for FPR {c.fpr:g}", c.at_val_fpr)):
         for name, p in points.items():
             rows.append([label, name, f"{p.threshold:.6g}", _fmt(p.tp), _fmt(p.fp), _fmt(p.tpr), _fmt(p.fpr)])
     lines = [f"### {c.candidate} vs {c.baseline}", "", f"**{c.sentence}**", "",
@@ -315,6 +318,9 @@ def _fmt(value: Any) -> str:
 
 
 def _value(value: Any) -> str:
+    """A free-form figure (job keys, stage details, extras): six significant digits, not four decimals."""
     if isinstance(value, dict | list | tuple):
         return json.dumps(_jsonable(value), separators=(", ", ": "))
+    if isinstance(value, float | np.floating):
+        return f"{value:.6g}"
     return _fmt(value)

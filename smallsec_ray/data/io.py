@@ -69,10 +69,14 @@ class ShardResult:
 
 def expand_paths(entries: list[str]) -> list[str]:
     """Shard paths/URIs of entries (local paths, globs, folders searched recursively, file://, s3://, gs://
-    URIs), sorted and de-duplicated; raises FileNotFoundError naming an entry that matches nothing."""
+    URIs), sorted and de-duplicated; raises FileNotFoundError naming an entry that matches nothing or whose
+    store cannot be listed."""
     found: set[str] = set()
     for entry in entries:
-        matches = _expand_uri(entry) if _URI.match(entry) else _expand_local(entry)
+        try:
+            matches = _expand_uri(entry) if _URI.match(entry) else _expand_local(entry)
+        except (OSError, pa.ArrowException) as err:  # unknown scheme, no credentials, store unreachable
+            raise FileNotFoundError(f"entry {entry!r} could not be listed: {err}") from None
         if not matches:
             raise FileNotFoundError(f"entry {entry!r} matched no file (give a shard path, a glob, a folder "
                                     f"of {', '.join(SHARD_SUFFIXES)} files, or a URI)")
@@ -187,7 +191,7 @@ def _check_readable(fs: pafs.FileSystem, fs_path: str, path: str) -> None:
         raise DataError(f"{path}: the file is empty (0 bytes); remove it or write it again")
 
 
-def _open_text_stream(fs: pafs.FileSystem, fs_path: str, path: str) -> IO[bytes]:
+def _open_stream(fs: pafs.FileSystem, fs_path: str, path: str) -> IO[bytes]:
     """A buffered binary stream of the file's content, gunzipped when the name ends in .gz."""
     compression = "gzip" if _file_name(path).lower().endswith(".gz") else None
     return io.BufferedReader(fs.open_input_stream(fs_path, compression=compression))
@@ -247,7 +251,7 @@ def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | 
 
 def _read_jsonl(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None) -> _Parsed:
     records, row_numbers, failures = [], [], []
-    with _open_text_stream(fs, fs_path, path) as stream:
+    with _open_stream(fs, fs_path, path) as stream:
         for line_no, line in _numbered_lines(stream):
             if max_rows is not None and len(records) + len(failures) >= max_rows:
                 break
@@ -271,7 +275,7 @@ def _numbered_lines(stream: IO[bytes]) -> Iterator[tuple[int, bytes]]:
 
 def _parse_json_line(line: bytes) -> tuple[dict | None, str | None]:
     try:
-        text = line.decode("utf-8")
+        text = line.rstrip(b"\r\n").decode("utf-8")
     except UnicodeDecodeError as err:
         return None, f"invalid UTF-8 at byte {err.start}"
     try:
@@ -292,12 +296,11 @@ def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None
     # are instead quarantined row by row by validate_table.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
     # surrogateescape keeps undecodable bytes inside the fields, so one bad row is found and set aside.
-    with io.TextIOWrapper(_open_text_stream(fs, fs_path, path), encoding="utf-8-sig",
+    with io.TextIOWrapper(_open_stream(fs, fs_path, path), encoding="utf-8-sig",
                           errors="surrogateescape", newline="") as text:
         reader = csv.reader(text)
         header = next((row for row in reader if row), None)
-        if header is None:
-            raise DataError(f"{path}: no CSV header row; the first line must name the columns")
+        _check_csv_header(header, path)
         rows, row_numbers, failures = [], [], []
         line_no = reader.line_num
         for row in reader:
@@ -317,6 +320,16 @@ def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None
     table = pa.table({name: pa.array([row[i] or None for row in rows], pa.string())
                       for i, name in enumerate(header)})
     return _Parsed(table, row_numbers, failures)
+
+
+def _check_csv_header(header: list[str] | None, path: str) -> None:
+    if header is None:
+        raise DataError(f"{path}: no CSV header row; the first line must name the columns")
+    if _csv_row_problem(header, header) is not None:
+        raise DataError(f"{path}: the CSV header has invalid UTF-8; write the column names in UTF-8")
+    repeated = sorted({name for name in header if header.count(name) > 1})
+    if repeated:
+        raise DataError(f"{path}: the CSV header repeats the column(s) {repeated}; give each column its own name")
 
 
 def _csv_row_problem(row: list[str], header: list[str]) -> str | None:
@@ -355,7 +368,8 @@ def to_canonical(table: pa.Table, columns: Columns, path: str, row_numbers: list
 
     An input column named like a canonical column but not among its candidates is kept as 'input_<name>'."""
     n = table.num_rows
-    default_id = pa.array([f"{_file_name(path)}:{row}" for row in row_numbers], pa.string())
+    file_name = _file_name(path)
+    default_id = pa.array([f"{file_name}:{row}" for row in row_numbers], pa.string())
     canonical = {ID: _coalesce(table, columns.id, default_id)}
     canonical[TEXT] = _coalesce(table, columns.text, pa.nulls(n, pa.string()))
     canonical[LABEL] = _coalesce(table, columns.label, pa.nulls(n, pa.string()))
@@ -398,7 +412,8 @@ def _as_text(column: pa.Array) -> pa.Array:
 
 
 def _failures_table(failures: list[tuple[int, str, str | None]], path: str) -> pa.Table:
-    ids = [f"{_file_name(path)}:{row}" for row, _, _ in failures]
+    name = _file_name(path)
+    ids = [f"{name}:{row}" for row, _, _ in failures]
     return pa.table({
         ID: pa.array(ids, pa.string()),
         TEXT: pa.array([raw for _, _, raw in failures], pa.string()),

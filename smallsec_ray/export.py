@@ -1,0 +1,162 @@
+"""Exported students: a folder with `model.onnx` and `config.json`, and a scorer that reads it.
+
+The folder is all a user needs to score events (Magika's shape): the encoder config turns text into
+ids, the ONNX graph turns ids into class probabilities, and the stored thresholds turn those into
+detections. Export checks that ONNX Runtime and PyTorch agree on real rows before it returns.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import torch
+from torch import nn
+
+from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.students import student_config
+from smallsec_ray.students.encoders import Encoder, encoder_from_config
+
+# LayerNormalization became a standard op in opset 17; ONNX Runtime 1.20+ runs it.
+OPSET = 17
+PARITY_TOLERANCE = 1e-4
+MODEL_FILE, CONFIG_FILE = "model.onnx", "config.json"
+FORMAT = "smallsec-student/1"
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model_dir: Path
+    onnx_path: Path
+    config_path: Path
+    parity_rows: int
+    max_abs_diff: float  # largest |p_onnx - p_torch| over parity rows and classes
+
+
+@dataclass(frozen=True)
+class Score:
+    label: str  # the most probable class
+    probabilities: dict[str, float]  # class name -> probability
+    is_detection: bool  # some thresholded class reached its threshold
+
+
+class _Probabilities(nn.Module):
+    """The student with a softmax on top, so that the exported graph outputs probabilities."""
+
+    def __init__(self, student: nn.Module) -> None:
+        super().__init__()
+        self.student = student
+
+    def forward(self, ids: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.student(ids), dim=-1)
+
+
+def export_onnx(model: nn.Module, encoder: Encoder, out_dir: str | Path, class_names: Sequence[str],
+                thresholds: dict[str, float], parity_texts: Sequence[str]) -> ExportResult:
+    """Writes `out_dir/model.onnx` (input `ids` int64 [batch, L], output `probs` float32 [batch, C]) and
+    `out_dir/config.json`; raises StageError if ONNX and torch probabilities on `parity_texts` differ
+    by more than 1e-4. `model` is the plain student (unwrap DDP/DeepSpeed first); it is not modified.
+    `thresholds` maps positive class names to the probability at which a row counts as a detection."""
+    _check_export_args(model, class_names, thresholds, parity_texts)
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    onnx_path, config_path = out_dir / MODEL_FILE, out_dir / CONFIG_FILE
+    graph = _Probabilities(copy.deepcopy(model)).float().cpu().eval()
+    ids = encoder.encode(list(parity_texts))
+    with warnings.catch_warnings():
+        # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript
+        # (not a dependency); the TorchScript one handles these graphs exactly.
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.onnx.export(graph, (torch.from_numpy(ids[:1]),), str(onnx_path), dynamo=False, opset_version=OPSET,
+                          input_names=["ids"], output_names=["probs"],
+                          dynamic_axes={"ids": {0: "batch"}, "probs": {0: "batch"}})
+    with torch.no_grad():
+        expected = graph(torch.from_numpy(ids)).numpy()
+    got = _session(onnx_path, intra_op_num_threads=None).run(["probs"], {"ids": ids})[0]
+    max_abs_diff = float(np.abs(got - expected).max())
+    if not max_abs_diff <= PARITY_TOLERANCE:  # also catches NaN
+        raise StageError(f"export: {onnx_path} disagrees with the torch model on {len(ids)} parity rows "
+                         f"(max |p_onnx - p_torch| = {max_abs_diff:.3g} > {PARITY_TOLERANCE}); the graph "
+                         "holds an op the exporter translates wrongly; do not ship this folder")
+    config = {
+        "format": FORMAT,
+        "student": student_config(model),
+        "encoder": encoder.config(),
+        "classes": list(class_names),
+        "thresholds": dict(thresholds),
+        "onnx": {"file": MODEL_FILE, "opset": OPSET, "input": "ids", "output": "probs"},
+        "parity": {"rows": len(ids), "max_abs_diff": max_abs_diff, "tolerance": PARITY_TOLERANCE,
+                   "torch": torch.__version__, "onnxruntime": ort.__version__},
+    }
+    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
+    return ExportResult(out_dir, onnx_path, config_path, len(ids), max_abs_diff)
+
+
+class OnnxScorer:
+    """Scores texts with an exported student folder; `intra_op_num_threads=1` pins ONNX Runtime to one
+    thread (per-core benchmarks, one scorer per core); None lets it pick."""
+
+    def __init__(self, model_dir: str | Path, intra_op_num_threads: int | None = None,
+                 batch_size: int = 256) -> None:
+        model_dir = Path(model_dir)
+        config_path = model_dir / CONFIG_FILE
+        try:
+            config = json.loads(config_path.read_text(encoding="utf-8"))
+            self.classes: list[str] = list(config["classes"])
+            self.thresholds: dict[str, float] = dict(config["thresholds"])
+            self.encoder = encoder_from_config(config["encoder"])
+            onnx_path = model_dir / config["onnx"]["file"]
+        except (OSError, ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{config_path}: not a readable exported student config ({err}); "
+                            "point at a folder written by export_onnx") from None
+        if not onnx_path.is_file():
+            raise DataError(f"{onnx_path}: missing; the exported student folder is incomplete, export again")
+        self.session = _session(onnx_path, intra_op_num_threads)
+        self.batch_size = batch_size
+        self._threshold_columns = [(self.classes.index(c), t) for c, t in self.thresholds.items()]
+
+    def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
+        """Class probabilities, float32 [len(texts), C], columns in `self.classes` order."""
+        parts = [self.session.run(["probs"], {"ids": self.encoder.encode(texts[i: i + self.batch_size])})[0]
+                 for i in range(0, len(texts), self.batch_size)]
+        return np.concatenate(parts) if parts else np.zeros((0, len(self.classes)), dtype=np.float32)
+
+    def score(self, texts: Sequence[str]) -> list[Score]:
+        probs = self.predict_proba(texts)
+        detected = np.zeros(len(probs), dtype=bool)
+        for column, threshold in self._threshold_columns:
+            detected |= probs[:, column] >= threshold
+        return [Score(self.classes[int(row.argmax())], dict(zip(self.classes, row.tolist(), strict=True)),
+                      bool(hit)) for row, hit in zip(probs, detected, strict=True)]
+
+
+def _session(onnx_path: Path, intra_op_num_threads: int | None) -> ort.InferenceSession:
+    options = ort.SessionOptions()
+    if intra_op_num_threads is not None:
+        options.intra_op_num_threads = intra_op_num_threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
+
+
+def _check_export_args(model: nn.Module, class_names: Sequence[str], thresholds: dict[str, float],
+                       parity_texts: Sequence[str]) -> None:
+    num_classes = getattr(model, "num_classes", None)
+    if num_classes != len(class_names):
+        raise StageError(f"export: the student has {num_classes} outputs but {len(class_names)} class names "
+                         f"were given ({list(class_names)}); pass the job's classes in probability order")
+    unknown = set(thresholds) - set(class_names)
+    if unknown or not thresholds:
+        raise StageError(f"export: thresholds {thresholds} must name at least one class, and only classes "
+                         f"of {list(class_names)}")
+    bad = {c: t for c, t in thresholds.items() if not 0.0 <= t <= 1.0}
+    if bad:
+        raise StageError(f"export: thresholds {bad} are not probabilities in [0, 1]")
+    if not parity_texts:
+        raise StageError("export: parity_texts is empty; give real rows (e.g. the validation split) so the "
+                         "ONNX graph can be checked against torch")

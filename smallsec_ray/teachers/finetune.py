@@ -1,0 +1,69 @@
+"""Teacher fine-tuning: a Hugging Face sequence classifier learns the labelled rows on Ray Train, with the
+same loop and engine as the student (DeepSpeed ZeRO stage and precision from training:, epochs, batch
+size and learning rate from teacher.finetune:). The loss is plain cross-entropy on the hard labels.
+
+The result is a Hugging Face model folder (config with id2label by class name, safetensors weights,
+tokenizer) that transformers and vLLM both load. Under ZeRO-3 each rank holds a shard of every
+parameter; the engine gathers them (deepspeed.zero.GatheredParameters) before rank 0 saves.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from smallsec_ray.data.schema import LABEL
+from smallsec_ray.spec import FinetuneSpec, TrainingSpec
+from smallsec_ray.training.trainer import fit
+
+
+@dataclass
+class TeacherTask:
+    model_dir: str
+    classes: list[str]
+    max_length: int
+    use_soft_labels: bool = False
+
+    def build(self) -> nn.Module:
+        from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+        self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        # A new head over our classes, named by class (a head the folder already has may differ in size).
+        self._model = AutoModelForSequenceClassification.from_pretrained(
+            self.model_dir, num_labels=len(self.classes), id2label=dict(enumerate(self.classes)),
+            label2id={name: i for i, name in enumerate(self.classes)}, ignore_mismatched_sizes=True)
+        return self._model
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        # Padding to the batch's longest row, not to max_length: command lines are far shorter.
+        enc = self._tokenizer(texts, padding=True, truncation=True, max_length=self.max_length,
+                              return_tensors="pt")
+        return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
+
+    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+
+    def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        self._model.config.dtype = torch.float32  # the state dict is fp32 whatever the training precision
+        self._model.save_pretrained(folder, state_dict=state_dict)
+        self._tokenizer.save_pretrained(folder)
+
+
+def has_label(row: dict[str, Any]) -> bool:
+    return row[LABEL] is not None
+
+
+def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
+                     training: TrainingSpec, max_length: int, out_dir: str | Path) -> Path:
+    """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
+    loss on `val_ds`); returns the Hugging Face model folder out_dir/model."""
+    spec = training.model_copy(update={
+        "epochs": finetune.epochs, "batch_size": finetune.batch_size, "learning_rate": finetune.learning_rate,
+        "max_rows": finetune.max_rows, "alpha": 1.0, "resume_from": None})
+    task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length)
+    result = fit(task, spec, train_ds.filter(has_label), val_ds.filter(has_label), out_dir, name="finetune_teacher")
+    return result.checkpoint_dir

@@ -1,0 +1,1 @@
+"""Student training: the distillation loss (the Ray Train loop builds on it)."""

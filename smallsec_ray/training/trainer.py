@@ -1,0 +1,357 @@
+"""Training on Ray Train: a TorchTrainer runs `train_loop_per_worker` on every worker, with DeepSpeed
+or DDP (see engine.py) as the spec says.
+
+Each worker reads its shard of the rows, encodes the text, computes the distillation loss against the
+hard labels and the teacher's probabilities, and steps. After every epoch (and every N steps if set)
+the workers validate, save a checkpoint and report it; Ray Train keeps the best (by validation loss)
+and the latest. A worker that dies makes Ray Train restart the group, which resumes from the latest
+checkpoint. The best model is copied out as a plain folder that `load_student` reads without Ray.
+
+Out folder:  model/ (config.json + model.safetensors)   metrics.json   checkpoints/ (Ray Train storage)
+A rerun into the same out folder continues from its latest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import ray.train
+import torch
+import torch.distributed as dist
+from ray.data.collate_fn import NumpyBatchCollateFn
+from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from safetensors.torch import load_file, save_file
+from torch import nn
+
+from smallsec_ray.data.schema import LABEL, PROBS, TEXT
+from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.spec import StudentSpec, TrainingSpec
+from smallsec_ray.students import build_from_config, build_student, student_config
+from smallsec_ray.training.engine import build_engine
+from smallsec_ray.training.loss import distillation_loss
+
+WEIGHT = "weight"  # optional per-row loss weight column
+MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE = "model", "checkpoints", "metrics.json"
+CONFIG_FILE, WEIGHTS_FILE, PROGRESS_FILE = "config.json", "model.safetensors", "progress.json"
+SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) each
+
+
+class Task(Protocol):
+    """What the loop needs to know about a model: how to build it, feed it and save it."""
+
+    classes: list[str]
+    use_soft_labels: bool
+
+    def build(self) -> nn.Module: ...
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]: ...
+
+    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
+    def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None: ...
+
+
+@dataclass
+class StudentTask:
+    student: dict[str, Any]  # student_config(): rebuilds the architecture
+    classes: list[str]
+    use_soft_labels: bool
+    init_state: dict[str, torch.Tensor] | None = None  # weights to continue training from
+
+    def build(self) -> nn.Module:
+        model, self._encoder = build_from_config(self.student)
+        if self.init_state is not None:
+            model.load_state_dict(self.init_state)
+        return model
+
+    def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
+        return {"ids": torch.from_numpy(self._encoder.encode(texts))}
+
+    def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return model(batch["ids"])
+
+    def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
+        save_student(state_dict, self.student, self.classes, folder)
+
+
+class EncodeBatch(NumpyBatchCollateFn):
+    """Rows -> model inputs plus targets: labels (class index, -1 where none), probs, weights."""
+
+    def __init__(self, task: Task):
+        self.task = task
+        self.index = {name: i for i, name in enumerate(task.classes)}
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+        out = self.task.encode([str(t) for t in batch[TEXT]])
+        out["labels"] = torch.tensor([self._label_id(x) for x in batch[LABEL]], dtype=torch.long)
+        if self.task.use_soft_labels and PROBS in batch:
+            if any(p is None for p in batch[PROBS]):
+                raise DataError(f"some rows have no {PROBS!r} while others do; label every row with the "
+                                f"teacher, or train with use_soft_labels=False")
+            out["probs"] = torch.from_numpy(np.stack(batch[PROBS]).astype(np.float32))
+        if WEIGHT in batch:
+            out["weights"] = torch.from_numpy(batch[WEIGHT].astype(np.float32))
+        return out
+
+    def _label_id(self, label: Any) -> int:
+        if label is None or label != label:  # null (None, or NaN from pandas)
+            return -1
+        if label not in self.index:
+            raise DataError(f"row label {label!r} is not one of the classes {list(self.index)}; fix the rows "
+                            "or add the class to `classes` in the spec")
+        return self.index[label]
+
+
+@dataclass
+class Progress:
+    """Where training stands; saved in every checkpoint so a restarted worker group resumes."""
+
+    epoch: int = 0  # completed epochs
+    step_in_epoch: int = 0  # batches done in the current epoch
+    global_step: int = 0
+    best_val_loss: float = float("inf")
+    bad_epochs: int = 0  # epochs since the best validation loss
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    @classmethod
+    def read(cls, folder: Path) -> Progress:
+        return cls(**json.loads((folder / PROGRESS_FILE).read_text()))
+
+    def write(self, folder: Path) -> None:
+        (folder / PROGRESS_FILE).write_text(json.dumps(asdict(self), indent=1))
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    task: Task = config["task"]
+    training: TrainingSpec = config["training"]
+    rank = ray.train.get_context().get_world_rank()
+    torch.manual_seed(0)
+    engine = build_engine(task.build(), training, training.learning_rate)
+    encode = EncodeBatch(task)
+
+    progress = Progress()
+    checkpoint = ray.train.get_checkpoint()  # set after a restart, or when continuing a run
+    if checkpoint:
+        with checkpoint.as_directory() as folder:
+            engine.load(Path(folder))
+            progress = Progress.read(Path(folder))
+
+    train_rows = ray.train.get_dataset_shard("train")
+    val_rows = ray.train.get_dataset_shard("validation")
+    stop = training.early_stopping_patience > 0 and progress.bad_epochs >= training.early_stopping_patience
+    while progress.epoch < training.epochs and not stop:
+        engine.train()
+        sums = torch.zeros(2, dtype=torch.float64)  # loss x rows, rows
+        started = time.perf_counter()
+        batches = train_rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
+                                                local_shuffle_buffer_size=SHUFFLE_BUFFER,
+                                                local_shuffle_seed=progress.epoch)
+        for i, batch in enumerate(batches):
+            if i < progress.step_in_epoch:  # done before the restart
+                continue
+            logits = task.logits(engine, batch).float()
+            loss = distillation_loss(logits, batch["labels"], batch.get("probs"), training.alpha,
+                                     training.temperature, batch.get("weights"))
+            engine.backward(loss)
+            engine.step()
+            progress.step_in_epoch += 1
+            progress.global_step += 1
+            sums += torch.tensor([loss.item() * len(logits), len(logits)], dtype=torch.float64)
+            fail_once_at_step(config, progress.global_step)
+            if training.checkpoint_every_steps and progress.global_step % training.checkpoint_every_steps == 0:
+                metrics = validate(engine, task, encode, val_rows, training)
+                save_and_report(engine, task, progress, metrics)
+
+        seconds = time.perf_counter() - started
+        train_loss_sum, rows = all_sum(sums, engine.device).tolist()
+        metrics = validate(engine, task, encode, val_rows, training)
+        progress.epoch += 1
+        progress.step_in_epoch = 0
+        if metrics["val_loss"] < progress.best_val_loss:
+            progress.best_val_loss, progress.bad_epochs = metrics["val_loss"], 0
+        else:
+            progress.bad_epochs += 1
+        metrics.update(epoch=progress.epoch, train_loss=train_loss_sum / max(rows, 1),
+                       samples_per_s=rows / seconds, train_seconds=seconds)
+        progress.history.append(metrics)
+        stop = training.early_stopping_patience > 0 and progress.bad_epochs >= training.early_stopping_patience
+        if rank == 0:
+            print(epoch_line(metrics, training.epochs) + ("  (early stop)" if stop else ""), flush=True)
+        save_and_report(engine, task, progress, metrics)
+
+
+def epoch_line(m: dict[str, Any], epochs: int) -> str:
+    accuracy = "n/a" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"
+    return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
+            f"val_accuracy {accuracy}  {m['samples_per_s']:,.0f} samples/s")
+
+
+def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: TrainingSpec) -> dict[str, Any]:
+    """Loss (the training objective) and accuracy (rows with a hard label) over all ranks' shards."""
+    engine.train(False)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss x rows, rows, correct, labelled rows
+    with torch.no_grad():
+        for batch in rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode):
+            logits = task.logits(engine, batch).float()
+            labels = batch["labels"]
+            loss = distillation_loss(logits, labels, batch.get("probs"), training.alpha, training.temperature,
+                                     batch.get("weights"))
+            labelled = labels >= 0
+            correct = (logits.argmax(dim=1) == labels)[labelled].sum()
+            sums += torch.tensor([loss.item() * len(labels), len(labels), correct.item(), labelled.sum().item()],
+                                 dtype=torch.float64)
+    engine.train(True)
+    loss_sum, n, correct, labelled = all_sum(sums, engine.device).tolist()
+    if n == 0:
+        raise StageError("the validation split reached the workers empty; give more validation rows")
+    return {"val_loss": loss_sum / n, "val_accuracy": correct / labelled if labelled else None,
+            "val_rows": int(n)}
+
+
+def all_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Sums `values` over the workers (NCCL needs them on the GPU)."""
+    if not dist.is_initialized():
+        return values
+    values = values.to(device)
+    dist.all_reduce(values)
+    return values.cpu()
+
+
+def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[str, Any]) -> None:
+    """Every rank writes its part (ZeRO shards) to its own folder; Ray Train merges them into one
+    checkpoint: model/ (the rebuildable model), the engine's training state, progress.json."""
+    state = engine.full_state_dict()  # collective under ZeRO-3
+    with tempfile.TemporaryDirectory() as tmp:
+        folder = Path(tmp)
+        engine.save(folder)
+        if state is not None:
+            task.save(state, folder / MODEL_DIR)
+            progress.write(folder)
+        has_files = any(folder.iterdir())
+        report = {**metrics, "global_step": progress.global_step, "epochs_done": progress.epoch}
+        ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
+
+
+def fail_once_at_step(config: dict[str, Any], step: int) -> None:
+    """Fault drill: the last rank dies at `fail_once_at_step`, once (a marker file remembers it), so that
+    tests and operators can watch a run restart from its last checkpoint."""
+    drill = config.get("fail_once_at_step")
+    if not drill or step != drill["step"]:
+        return
+    context = ray.train.get_context()
+    marker = Path(drill["marker"])
+    if context.get_world_rank() == context.get_world_size() - 1 and not marker.exists():
+        marker.write_text(f"worker {context.get_world_rank()} exited at step {step}\n")
+        os._exit(1)
+
+
+@dataclass
+class TrainResult:
+    checkpoint_dir: Path  # the best model as a plain folder (load_student reads it)
+    metrics: list[dict[str, Any]]  # one entry per epoch
+    best_epoch: int  # 1-based epoch whose model checkpoint_dir holds (0: a mid-epoch checkpoint)
+    samples_per_s: float  # training rows per second over all epochs (validation excluded)
+
+
+def fit(task: Task, training: TrainingSpec, train_ds: Any, val_ds: Any, out_dir: str | Path,
+        name: str, drill: dict[str, Any] | None = None) -> TrainResult:
+    """Runs `train_loop_per_worker` on Ray Train and copies the best model to out_dir/model."""
+    from smallsec_ray.runtime import init_ray
+
+    init_ray()
+    out_dir = Path(out_dir).resolve()
+    val_count = val_ds.count()
+    if val_count < training.workers:
+        raise StageError(f"{name}: {val_count} validation rows for {training.workers} workers; each worker "
+                         "validates on its own share, so give at least one validation row per worker")
+    if training.max_rows:
+        train_ds = train_ds.limit(training.max_rows)
+    resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if training.use_gpu else {})}
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={"task": task, "training": training, "fail_once_at_step": drill},
+        scaling_config=ScalingConfig(num_workers=training.workers, use_gpu=training.use_gpu,
+                                     resources_per_worker=resources),
+        run_config=RunConfig(
+            name=name, storage_path=str(out_dir / CHECKPOINTS_DIR),
+            failure_config=FailureConfig(max_failures=training.max_failures),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
+                                               checkpoint_score_order="min"),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if training.use_gpu else "cpu"}}),
+        datasets={"train": train_ds.randomize_block_order(seed=0), "validation": val_ds},
+    )
+    try:
+        result = trainer.fit()
+    except ray.train.TrainingFailedError as err:
+        raise StageError(f"{name}: training failed (after up to {training.max_failures} restarts): {err}") from err
+    best = result.get_best_checkpoint("val_loss", "min")
+    if best is None or result.checkpoint is None:
+        raise StageError(f"{name}: training reported no checkpoint; see the worker logs above")
+    model_dir = out_dir / MODEL_DIR
+    shutil.rmtree(model_dir, ignore_errors=True)
+    with best.as_directory() as folder:
+        shutil.copytree(Path(folder) / MODEL_DIR, model_dir)
+        best_step = Progress.read(Path(folder))
+    with result.checkpoint.as_directory() as folder:
+        history = Progress.read(Path(folder)).history
+    best_epoch = best_step.epoch if best_step.step_in_epoch == 0 else 0
+    rows = sum(m["samples_per_s"] * m["train_seconds"] for m in history)
+    seconds = sum(m["train_seconds"] for m in history)
+    train_result = TrainResult(model_dir, history, best_epoch, rows / seconds if seconds else 0.0)
+    (out_dir / METRICS_FILE).write_text(json.dumps({**asdict(train_result), "checkpoint_dir": str(model_dir)},
+                                                   indent=1))
+    return train_result
+
+
+def train_student(training: TrainingSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
+                  out_dir: str | Path, use_soft_labels: bool = True, resume_from: str | None = None,
+                  drill: dict[str, Any] | None = None) -> TrainResult:
+    """Trains a student on `train_ds` (columns text, label, optionally probs and weight), picking the best
+    epoch on `val_ds`. `resume_from` (or training.resume_from): a model folder (or a checkpoint holding
+    one) whose weights and architecture training continues from, e.g. a production model given new rows.
+    `drill` ({"step": N, "marker": path}) kills the last worker once at step N (fault drills, tests)."""
+    resume_from = resume_from or training.resume_from
+    if resume_from:
+        model, _encoder, trained_classes = load_student(model_folder(Path(resume_from)))
+        if trained_classes != list(classes):
+            raise StageError(f"training.resume_from: {resume_from} was trained on classes {trained_classes}, "
+                             f"but this job has {list(classes)}; use the same classes in the same order")
+        task = StudentTask(student_config(model), list(classes), use_soft_labels, init_state=model.state_dict())
+    else:
+        model, _encoder = build_student(student.model, student.preset, len(classes), student.max_length)
+        task = StudentTask(student_config(model), list(classes), use_soft_labels)
+    return fit(task, training, train_ds, val_ds, out_dir, name="train_student", drill=drill)
+
+
+def save_student(state_dict: dict[str, torch.Tensor], student: dict[str, Any], classes: list[str],
+                 folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS_FILE))
+    (folder / CONFIG_FILE).write_text(json.dumps({"classes": classes, "student": student}, indent=1))
+
+
+def model_folder(path: Path) -> Path:
+    """A model folder itself, or the model/ inside a training output or checkpoint folder."""
+    for folder in (path, path / MODEL_DIR):
+        if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
+            return folder
+    raise StageError(f"{path}: no student model here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, or a "
+                     f"{MODEL_DIR}/ folder holding them); give the model folder that training wrote")
+
+
+def load_student(folder: str | Path) -> tuple[nn.Module, Any, list[str]]:
+    """(model in eval mode, its encoder, class names) from a folder written by training; no Ray needed."""
+    folder = model_folder(Path(folder))
+    config = json.loads((folder / CONFIG_FILE).read_text())
+    model, encoder = build_from_config(config["student"])
+    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
+    return model.eval(), encoder, list(config["classes"])

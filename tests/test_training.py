@@ -1,0 +1,115 @@
+"""Student training on Ray Train with real command lines: learning, restart after a killed worker,
+continued training, and the plain model folder that evaluation and export read without Ray."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from smallsec_ray.errors import DataError
+from smallsec_ray.spec import StudentSpec, TrainingSpec
+from smallsec_ray.training.trainer import EncodeBatch, StudentTask, load_student, train_student
+
+CLASSES = ["benign", "malicious"]
+SOURCES = {"atomic_red_team.jsonl": 450, "gtfobins.jsonl": 350, "tldr.jsonl.gz": 600, "nl2bash.jsonl": 600}
+
+
+def cmdline_slice(data_dir, sources: dict[str, int], seed: int = 0) -> pd.DataFrame:
+    """`n` rows of each named cmdline file (text, label), shuffled."""
+    frames = [pd.read_json(data_dir / "cmdline" / name, lines=True)[["text", "label"]].sample(n, random_state=seed)
+              for name, n in sources.items()]
+    return pd.concat(frames).sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    """2,000 real rows: 800 malicious (Atomic Red Team, GTFOBins), 1,200 benign (tldr, NL2Bash)."""
+    frame = cmdline_slice(shared_data, SOURCES)
+    return frame.iloc[:1600].reset_index(drop=True), frame.iloc[1600:].reset_index(drop=True)
+
+
+def accuracy_without_ray(folder, val: pd.DataFrame) -> tuple[float, list[str]]:
+    model, encoder, classes = load_student(folder)
+    with torch.no_grad():
+        predicted = model(torch.from_numpy(encoder.encode(list(val["text"])))).argmax(dim=1).numpy()
+    return float(np.mean(np.array(classes)[predicted] == val["label"].to_numpy())), classes
+
+
+def spec(**overrides) -> TrainingSpec:
+    base = dict(strategy="deepspeed", zero_stage=2, workers=2, cpus_per_worker=1.0, epochs=3, batch_size=64,
+                learning_rate=3e-3, early_stopping_patience=0, max_failures=1)
+    return TrainingSpec(**{**base, **overrides})
+
+
+@pytest.fixture(scope="module")
+def trained(ray_local, rows, tmp_path_factory):
+    """A student trained once with DeepSpeed ZeRO-2 on 2 workers; half the rows carry soft labels."""
+    train, val = rows
+    train = train.assign(probs=[[0.9, 0.1] if label == "benign" else [0.1, 0.9] for label in train["label"]])
+    out = tmp_path_factory.mktemp("student")
+    result = train_student(spec(), StudentSpec(preset="tiny"), CLASSES, ray_local.data.from_pandas(train),
+                           ray_local.data.from_pandas(val), out)
+    return result, out
+
+
+@pytest.mark.timeout(300)
+def test_deepspeed_two_workers_learns_and_saves_a_plain_model_folder(trained, rows):
+    result, out = trained
+    _, val = rows
+    majority = val["label"].value_counts(normalize=True).max()
+    best = result.metrics[result.best_epoch - 1]
+    assert [m["epoch"] for m in result.metrics] == [1, 2, 3]
+    assert best["val_loss"] == min(m["val_loss"] for m in result.metrics)
+    assert best["val_accuracy"] > majority + 0.15, (best, majority)
+    assert result.samples_per_s > 0
+    # The saved folder is the best epoch's model, and it scores the same without Ray.
+    accuracy, classes = accuracy_without_ray(result.checkpoint_dir, val)
+    assert classes == CLASSES
+    assert accuracy == pytest.approx(best["val_accuracy"], abs=0.01)
+    assert result.checkpoint_dir == out / "model"
+
+
+@pytest.mark.timeout(300)
+def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, rows, tmp_path):
+    train, val = rows
+    marker = tmp_path / "worker-killed"
+    steps_per_epoch = math.ceil(len(train) / 2 / 64)  # each worker gets half the rows
+    result = train_student(spec(epochs=2), StudentSpec(preset="tiny"), CLASSES, ray_local.data.from_pandas(train),
+                           ray_local.data.from_pandas(val), tmp_path / "out",
+                           drill={"step": steps_per_epoch + 3, "marker": str(marker)})
+    assert marker.exists(), "the drill did not kill a worker"
+    # Epoch 1 was checkpointed before the kill; the restarted group resumed at epoch 2, not from scratch.
+    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    assert result.metrics[-1]["global_step"] == 2 * steps_per_epoch
+    assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
+
+
+@pytest.mark.timeout(300)
+def test_continued_training_starts_from_the_saved_model_with_ddp(ray_local, trained, rows, tmp_path):
+    result, out = trained
+    train, val = rows
+    more = train_student(spec(strategy="ddp", epochs=1), StudentSpec(preset="tiny"), CLASSES,
+                         ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path,
+                         use_soft_labels=False, resume_from=str(out / "model"))
+    first_epoch_from_scratch = result.metrics[0]["val_loss"]
+    assert more.metrics[0]["val_loss"] < first_epoch_from_scratch
+    assert more.metrics[0]["val_accuracy"] >= result.metrics[result.best_epoch - 1]["val_accuracy"] - 0.05
+
+
+def test_rows_are_encoded_with_labels_by_class_name():
+    from smallsec_ray.students import build_student, student_config
+
+    model, _ = build_student("char_cnn", "tiny", 2)
+    task = StudentTask(student_config(model), CLASSES, use_soft_labels=True)
+    task.build()
+    batch = EncodeBatch(task)({"text": np.array(["whoami", "ls -la"], dtype=object),
+                               "label": np.array(["malicious", None], dtype=object),
+                               "probs": np.array([np.array([0.2, 0.8]), np.array([0.7, 0.3])], dtype=object)})
+    assert batch["labels"].tolist() == [1, -1]
+    assert batch["probs"].shape == (2, 2) and batch["ids"].shape == (2, 64)
+    with pytest.raises(DataError, match="'phishing' is not one of the classes"):
+        EncodeBatch(task)({"text": np.array(["x"], dtype=object), "label": np.array(["phishing"], dtype=object)})
