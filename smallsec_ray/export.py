@@ -10,7 +10,7 @@ from __future__ import annotations
 import copy
 import json
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,9 +76,10 @@ def export_onnx(model: nn.Module, encoder: Encoder, out_dir: str | Path, class_n
         torch.onnx.export(graph, (torch.from_numpy(ids[:1]),), str(onnx_path), dynamo=False, opset_version=OPSET,
                           input_names=["ids"], output_names=["probs"],
                           dynamic_axes={"ids": {0: "batch"}, "probs": {0: "batch"}})
+    session = _session(onnx_path, intra_op_num_threads=None)
     with torch.no_grad():
-        expected = graph(torch.from_numpy(ids)).numpy()
-    got = _session(onnx_path, intra_op_num_threads=None).run(["probs"], {"ids": ids})[0]
+        expected = _in_batches(lambda batch: graph(torch.from_numpy(batch)).numpy(), ids)
+    got = _in_batches(lambda batch: session.run(["probs"], {"ids": batch})[0], ids)
     max_abs_diff = float(np.abs(got - expected).max())
     if not max_abs_diff <= PARITY_TOLERANCE:  # also catches NaN
         raise StageError(f"export: {onnx_path} disagrees with the torch model on {len(ids)} parity rows "
@@ -112,6 +113,7 @@ class OnnxScorer:
             self.thresholds: dict[str, float] = dict(config["thresholds"])
             self.encoder = encoder_from_config(config["encoder"])
             onnx_path = model_dir / config["onnx"]["file"]
+            self._threshold_columns = [(self.classes.index(c), float(t)) for c, t in self.thresholds.items()]
         except (OSError, ValueError, KeyError, TypeError) as err:
             raise DataError(f"{config_path}: not a readable exported student config ({err}); "
                             "point at a folder written by export_onnx") from None
@@ -119,7 +121,6 @@ class OnnxScorer:
             raise DataError(f"{onnx_path}: missing; the exported student folder is incomplete, export again")
         self.session = _session(onnx_path, intra_op_num_threads)
         self.batch_size = batch_size
-        self._threshold_columns = [(self.classes.index(c), t) for c, t in self.thresholds.items()]
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
         """Class probabilities, float32 [len(texts), C], columns in `self.classes` order."""
@@ -134,6 +135,12 @@ class OnnxScorer:
             detected |= probs[:, column] >= threshold
         return [Score(self.classes[int(row.argmax())], dict(zip(self.classes, row.tolist(), strict=True)),
                       bool(hit)) for row, hit in zip(probs, detected, strict=True)]
+
+
+def _in_batches(probabilities: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
+                batch_size: int = 256) -> np.ndarray:
+    """Bounds memory when many parity rows are given (an HTML batch holds [batch, tokens, dims] floats)."""
+    return np.concatenate([probabilities(ids[i: i + batch_size]) for i in range(0, len(ids), batch_size)])
 
 
 def _session(onnx_path: Path, intra_op_num_threads: int | None) -> ort.InferenceSession:

@@ -26,3 +26,22 @@ def ray_local():
     init_ray(num_cpus=4)
     yield ray
     ray.shutdown()
+
+
+TINY_CLASSES = ["benign", "malicious"]
+
+
+@pytest.fixture(scope="session")
+def tiny_classifier(tmp_path_factory) -> Path:
+    """A tiny BertForSequenceClassification folder over TINY_CLASSES (see tiny_models.py); ~1 s."""
+    from tiny_models import make_tiny_classifier
+
+    return make_tiny_classifier(tmp_path_factory.mktemp("models") / "classifier", TINY_CLASSES)
+
+
+@pytest.fixture(scope="session")
+def tiny_causal_lm(tmp_path_factory) -> Path:
+    """A tiny LlamaForCausalLM folder with a chat template; ' benign' and ' malicious' are single tokens."""
+    from tiny_models import make_tiny_causal_lm
+
+    return make_tiny_causal_lm(tmp_path_factory.mktemp("models") / "causal_lm", TINY_CLASSES)

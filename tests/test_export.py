@@ -18,8 +18,8 @@ CLASSES = ["benign", "malicious"]
 
 @pytest.fixture(scope="module")
 def cmdlines(shared_data) -> list[str]:
-    benign = pd.read_json(shared_data / "cmdline" / "tldr.jsonl.gz", lines=True).text.head(150)
-    malicious = pd.read_json(shared_data / "cmdline" / "atomic_red_team.jsonl", lines=True).text.head(150)
+    benign = pd.read_json(shared_data / "cmdline" / "tldr.jsonl.gz", lines=True).text.head(100)
+    malicious = pd.read_json(shared_data / "cmdline" / "atomic_red_team.jsonl", lines=True).text.head(100)
     return benign.tolist() + malicious.tolist()
 
 

@@ -69,7 +69,7 @@ def make_tiny_classifier(folder: str | Path, classes: list[str], seed: int = 0) 
                         architectures=["BertForSequenceClassification"])
     torch.manual_seed(seed)
     model = BertForSequenceClassification(config)
-    _spread_logits(model.classifier.weight)
+    _spread_logits(model.classifier.weight, 50.0)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     return folder
@@ -93,17 +93,17 @@ def make_tiny_causal_lm(folder: str | Path, words: list[str], seed: int = 0) -> 
                          architectures=["LlamaForCausalLM"])
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config)
-    _spread_logits(model.lm_head.weight)
+    _spread_logits(model.lm_head.weight, 3.0)
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
     model.generation_config.save_pretrained(folder)
     return folder
 
 
-def _spread_logits(weight) -> None:
+def _spread_logits(weight, factor: float) -> None:
     """Scales an output layer up so that random inputs give clearly different probabilities
     (default init gives near-uniform ones, which would make a probability comparison vacuous)."""
     import torch
 
     with torch.no_grad():
-        weight.mul_(50.0)
+        weight.mul_(factor)

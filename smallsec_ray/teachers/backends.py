@@ -20,6 +20,8 @@ import gc
 import hashlib
 import json
 import logging
+import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -104,32 +106,61 @@ def make_teacher(kind: Kind, backend: Backend, model_dir: str, classes: list[str
                  dtype: str = "float32", artifact: str = "cmdline", prompt_template: str = DEFAULT_TEMPLATE,
                  verbalizers: dict[str, str] | None = None) -> Teacher:
     """Loads a teacher. `model_dir` is a Hugging Face folder or a bundled:NAME (see bundled.py)."""
+    plan = _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers)
+    if kind == "classifier":
+        scorer = (VllmClassifier(plan.path, dtype, plan.inputs.max_length, plan.columns) if backend == "vllm"
+                  else HfClassifier(plan.path, dtype, plan.columns, plan.tokenizer.pad_token_id or 0))
+    else:
+        scorer = (VllmLabelToken(plan.path, dtype, plan.model_len, plan.columns) if backend == "vllm"
+                  else HfLabelToken(plan.path, dtype, plan.columns, plan.tokenizer))
+    return Teacher(classes, plan.inputs, scorer, plan.identity)
+
+
+def teacher_identity(kind: Kind, backend: Backend, model_dir: str, classes: list[str], max_length: int = 128,
+                     dtype: str = "float32", artifact: str = "cmdline", prompt_template: str = DEFAULT_TEMPLATE,
+                     verbalizers: dict[str, str] | None = None) -> dict:
+    """The identity make_teacher's teacher will report, and every config check it makes, in a second and
+    without loading weights (so that a driver fails fast, before starting replicas)."""
+    return _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template,
+                 verbalizers).identity
+
+
+@dataclass
+class _Plan:
+    """A checked teacher config: the model folder, its tokenizer, the inputs, and the output columns
+    (classifier: index of each class in the head; generative: each class's label token id)."""
+
+    path: Path
+    tokenizer: object
+    inputs: ClassifierInputs | PromptInputs
+    columns: list[int]
+    model_len: int
+    identity: dict
+
+
+def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers) -> _Plan:
     if kind not in ("classifier", "generative") or backend not in ("vllm", "hf"):
         raise SpecError(f"teacher: kind must be classifier|generative and backend vllm|hf, got {kind}/{backend}")
     if dtype not in DTYPES:
         raise SpecError(f"teacher.dtype: {dtype!r} is not one of {list(DTYPES)}")
-    apply_env_defaults()  # before vLLM is imported: its settings are read at import time
+    apply_env_defaults()  # before vLLM is imported: it reads its settings at import time
     path = resolve_model(model_dir)
     tokenizer = _load_tokenizer(path)
     config = json.loads((path / "config.json").read_text())
     identity = {"model": str(path), "backend": backend, "kind": kind, "dtype": dtype,
                 "fingerprint": weights_fingerprint(path)}
     if kind == "classifier":
-        max_length = _bounded_length(max_length, config, path)
+        inputs = ClassifierInputs(tokenizer, _bounded_length(max_length, config, path))
         columns = class_columns(config, classes, path)
-        inputs = ClassifierInputs(tokenizer, max_length)
-        scorer = (VllmClassifier(path, dtype, max_length, columns) if backend == "vllm"
-                  else HfClassifier(path, dtype, columns, tokenizer.pad_token_id or 0))
+        model_len = inputs.max_length
     else:
         verbalizers = {c: (verbalizers or {}).get(c, " " + c) for c in classes}
         inputs = PromptInputs(tokenizer, max_length, prompt_template, artifact, classes)
-        label_ids = label_token_ids(tokenizer, verbalizers, path)
+        columns = label_token_ids(tokenizer, verbalizers, path)
         model_len = _generative_model_len(config, inputs, path)
-        scorer = (VllmLabelToken(path, dtype, model_len, label_ids) if backend == "vllm"
-                  else HfLabelToken(path, dtype, label_ids, tokenizer))
         identity.update(prompt_template=prompt_template, artifact=artifact, verbalizers=verbalizers)
-    identity["max_length"] = max_length
-    return Teacher(classes, inputs, scorer, identity)
+    identity["max_length"] = inputs.max_length
+    return _Plan(path, tokenizer, inputs, columns, model_len, identity)
 
 
 def weights_fingerprint(path: Path) -> str:
@@ -189,7 +220,7 @@ class ClassifierInputs:
         self.max_length = max_length
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
-        ids = self.tokenizer(texts)["input_ids"]
+        ids = self.tokenizer(texts, verbose=False)["input_ids"]
         lengths = [len(i) for i in ids]
         long_rows = [i for i, n in enumerate(lengths) if n > self.max_length]
         if long_rows:  # rare: only these are tokenized again, truncated with their special tokens kept
@@ -199,7 +230,7 @@ class ClassifierInputs:
         return ids, lengths
 
     def lengths(self, texts: list[str]) -> list[int]:
-        return [len(i) for i in self.tokenizer(texts)["input_ids"]]
+        return [len(i) for i in self.tokenizer(texts, verbose=False)["input_ids"]]
 
 
 class PromptInputs:
@@ -217,7 +248,7 @@ class PromptInputs:
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:
         escaped = [escape_markers(t, self.markers) for t in texts]
-        enc = self.tokenizer(escaped, add_special_tokens=False, return_offsets_mapping=True)
+        enc = self.tokenizer(escaped, add_special_tokens=False, return_offsets_mapping=True, verbose=False)
         lengths = [len(i) for i in enc["input_ids"]]
         heads = [t[:offsets[self.max_length - 1][1]] if n > self.max_length else t
                  for t, n, offsets in zip(escaped, lengths, enc["offset_mapping"], strict=True)]
@@ -225,7 +256,7 @@ class PromptInputs:
 
     def lengths(self, texts: list[str]) -> list[int]:
         escaped = [escape_markers(t, self.markers) for t in texts]
-        return [len(i) for i in self.tokenizer(escaped, add_special_tokens=False)["input_ids"]]
+        return [len(i) for i in self.tokenizer(escaped, add_special_tokens=False, verbose=False)["input_ids"]]
 
     def prompt_ids(self, text: str) -> list[int]:
         prompt = build_prompt(self.template, text, self.artifact, self.classes, self.markers)
@@ -279,8 +310,12 @@ def _start_vllm(path: Path, dtype: str, max_model_len: int, **kwargs):
     if _live_engine:
         raise StageError(f"teacher: a vLLM engine for {_live_engine[0]} is already running in this process; "
                          "close that teacher first (vLLM in-process mode allows one engine per process)")
+    import torch._dynamo
     from vllm import LLM
 
+    # torch reads TORCH_COMPILE_DISABLE once, at import: a process that imported torch before
+    # apply_env_defaults would otherwise compile for ~25 s on its first logprobs call.
+    torch._dynamo.config.disable = os.environ.get("TORCH_COMPILE_DISABLE") == "1"
     llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0, **kwargs)
     _live_engine.append(str(path))
     return llm

@@ -42,6 +42,7 @@ from smallsec_ray.training.loss import distillation_loss
 WEIGHT = "weight"  # optional per-row loss weight column
 MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE = "model", "checkpoints", "metrics.json"
 CONFIG_FILE, WEIGHTS_FILE, PROGRESS_FILE = "config.json", "model.safetensors", "progress.json"
+DRILL_WAIT_S = 5.0
 SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) each
 
 
@@ -180,8 +181,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.best_val_loss, progress.bad_epochs = metrics["val_loss"], 0
         else:
             progress.bad_epochs += 1
-        metrics.update(epoch=progress.epoch, train_loss=train_loss_sum / max(rows, 1),
-                       samples_per_s=rows / seconds, train_seconds=seconds)
+        metrics.update(epoch=progress.epoch, global_step=progress.global_step,
+                       train_loss=train_loss_sum / max(rows, 1), samples_per_s=rows / seconds, train_seconds=seconds)
         progress.history.append(metrics)
         stop = training.early_stopping_patience > 0 and progress.bad_epochs >= training.early_stopping_patience
         if rank == 0:
@@ -237,7 +238,7 @@ def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[s
             task.save(state, folder / MODEL_DIR)
             progress.write(folder)
         has_files = any(folder.iterdir())
-        report = {**metrics, "global_step": progress.global_step, "epochs_done": progress.epoch}
+        report = {"global_step": progress.global_step, "epochs_done": progress.epoch, **metrics}
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
 
@@ -251,6 +252,9 @@ def fail_once_at_step(config: dict[str, Any], step: int) -> None:
     marker = Path(drill["marker"])
     if context.get_world_rank() == context.get_world_size() - 1 and not marker.exists():
         marker.write_text(f"worker {context.get_world_rank()} exited at step {step}\n")
+        # Ray Train collects reports when it polls the workers (every 2 s): a worker that dies sooner
+        # after a report can take that checkpoint with it. Wait, as a crash later in a long epoch would.
+        time.sleep(DRILL_WAIT_S)
         os._exit(1)
 
 

@@ -1,0 +1,318 @@
+"""Teacher labelling on Ray Data: prepared Parquet shards in, the same shards with `probs` out.
+
+The unit of work is a shard. A dataset of shard paths flows through `map_batches` into an actor pool;
+each actor (a `ShardLabeller`) holds one teacher, reads its shard in batches of `batch_size` rows,
+and writes one output shard, under a temporary name renamed into place once complete. So:
+
+* an output shard exists only when all its rows are labelled: a run that dies loses at most the
+  shards in flight, never leaves a partial one, and a rerun labels only the shards whose output is
+  missing, so no row is ever labelled twice;
+* every replica runs the same loop one would write by hand (teacher called on batch after batch),
+  and rows never pass through the driver, so the pipeline keeps the engine's own rate; what Ray adds
+  is a fixed start-up cost and the spread of shards over replicas.
+
+Layout under `out_dir`: `labelled/NAME.parquet` (input columns + probs + truncated) and, for rows set
+aside (no text; over max_length with on_too_long="quarantine"), `quarantine/NAME.parquet` (input
+columns + reason). Rows in = rows labelled + rows quarantined, for every shard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+import uuid
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from smallsec_ray.data.schema import META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
+from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.teachers.backends import Teacher, make_teacher, teacher_identity
+
+OnTooLong = Literal["truncate", "quarantine"]
+LABELLED, QUARANTINE = "labelled", "quarantine"
+DERIVED = (PROBS, TRUNCATED, REASON)  # columns a previous labelling round added; replaced, not kept
+# Identity fields that do not change the probabilities: a rerun may differ in them.
+IDENTITY_FREE = ("model", "backend")
+
+
+@dataclass
+class ShardResult:
+    input: str
+    output: str
+    quarantine: str | None
+    rows_in: int
+    rows_labelled: int
+    rows_quarantined: int
+    rows_truncated: int  # labelled rows the teacher saw truncated (on_too_long: truncate)
+    skipped: bool = False  # labelled by an earlier run
+    seconds: float = 0.0
+
+
+@dataclass
+class LabelResult:
+    out_dir: str
+    classes: list[str]
+    teacher: dict
+    shards: list[ShardResult] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows_in(self) -> int:
+        return sum(s.rows_in for s in self.shards)
+
+    @property
+    def rows_labelled(self) -> int:
+        return sum(s.rows_labelled for s in self.shards)
+
+    @property
+    def rows_quarantined(self) -> int:
+        return sum(s.rows_quarantined for s in self.shards)
+
+    @property
+    def rows_truncated(self) -> int:
+        return sum(s.rows_truncated for s in self.shards)
+
+    @property
+    def rows_per_s(self) -> float:
+        """Rows this run labelled (earlier runs' shards excluded) per second of the whole call."""
+        fresh = sum(s.rows_in for s in self.shards if not s.skipped)
+        return fresh / self.seconds if self.seconds else 0.0
+
+    @property
+    def output_paths(self) -> list[str]:
+        return [s.output for s in self.shards]
+
+    @property
+    def quarantine_paths(self) -> list[str]:
+        return [s.quarantine for s in self.shards if s.quarantine]
+
+    def to_dict(self) -> dict:
+        """For the stage manifest: totals first, then every shard."""
+        return {"rows_in": self.rows_in, "rows_labelled": self.rows_labelled,
+                "rows_quarantined": self.rows_quarantined, "rows_truncated": self.rows_truncated,
+                "rows_per_s": self.rows_per_s, **asdict(self)}
+
+
+def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classes: list[str],
+                 replicas: int | tuple[int, int] = 1, cpus_per_replica: float = 1.0,
+                 gpus_per_replica: float = 0.0, batch_size: int = 64,
+                 on_too_long: OnTooLong = "truncate") -> LabelResult:
+    """Labels every input shard whose output is missing, with `replicas` teacher actors (a fixed count, or
+    (min, max) for an autoscaling pool), and returns the row accounting of all shards.
+
+    `teacher_cfg` holds the job spec's teacher keys (kind, backend, model, max_length, dtype,
+    prompt_template, verbalizers) and the artifact type. Ray starts embedded unless it is running
+    (runtime.init_ray); on a cluster `out_dir` must be a filesystem every node writes to.
+    """
+    import ray
+
+    from smallsec_ray.runtime import init_ray
+
+    started = time.monotonic()
+    teacher_args = _teacher_args(teacher_cfg, classes)
+    identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
+    out = Path(out_dir)
+    plan = _output_paths(input_paths, out)
+    done, pending = [], []
+    for source, target in plan.items():
+        (done if target.is_file() else pending).append(source)
+    results = {s: _finished_shard(s, plan[s], classes, identity) for s in done}
+    _remove_leftovers(out, [plan[s] for s in pending])
+    if pending:
+        init_ray()
+        shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
+        labelled = shards.map_batches(
+            ShardLabeller, batch_size=1, compute=_actor_pool(replicas), num_cpus=cpus_per_replica,
+            num_gpus=gpus_per_replica or None,
+            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out),
+                                   "batch_size": batch_size, "on_too_long": on_too_long})
+        for row in labelled.take_all():
+            # Ray hands back numpy scalars; the result must hold plain values (it becomes JSON).
+            plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+            results[plain["input"]] = ShardResult(**plain)
+    result = LabelResult(str(out), list(classes), identity, [results[s] for s in input_paths])
+    result.seconds = time.monotonic() - started
+    _check_accounting(result)
+    return result
+
+
+def _teacher_args(teacher_cfg: dict, classes: list[str]) -> dict:
+    """make_teacher's arguments from the spec's teacher keys (`model` is make_teacher's `model_dir`)."""
+    args = {k: v for k, v in teacher_cfg.items() if k != "model"}
+    return {**args, "model_dir": teacher_cfg["model"], "classes": list(classes)}
+
+
+def _actor_pool(replicas: int | tuple[int, int]):
+    from ray.data import ActorPoolStrategy
+
+    # One shard in flight per actor: a shard queued behind a busy replica would wait while another idles.
+    if isinstance(replicas, int):
+        return ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=1)
+    low, high = replicas
+    return ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1)
+
+
+class ShardLabeller:
+    """A Ray Data actor holding one teacher; each call labels whole shards and returns their accounting."""
+
+    def __init__(self, teacher_args: dict, out_dir: str, batch_size: int, on_too_long: OnTooLong) -> None:
+        self.teacher = make_teacher(**teacher_args)
+        self.out_dir = Path(out_dir)
+        self.batch_size = batch_size
+        self.on_too_long = on_too_long
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        rows = [asdict(label_shard(self.teacher, str(path), self.out_dir, self.batch_size, self.on_too_long))
+                for path in batch["path"]]
+        return {key: [row[key] for row in rows] for key in rows[0]}
+
+
+def label_shard(teacher: Teacher, source: str, out_dir: Path, batch_size: int = 64,
+                on_too_long: OnTooLong = "truncate") -> ShardResult:
+    """Labels one shard with a loaded teacher: writes labelled/NAME.parquet (and quarantine/NAME.parquet
+    when rows are set aside), each renamed into place once complete, quarantine first."""
+    started = time.monotonic()
+    target = out_dir / LABELLED / Path(source).name
+    quarantine_target = out_dir / QUARANTINE / Path(source).name
+    quarantine_target.unlink(missing_ok=True)  # left by an attempt that died before its labelled shard
+    reader = _open_shard(source)
+    base = pa.schema([f for f in reader.schema_arrow if f.name not in DERIVED])
+    metadata = {**(reader.schema_arrow.metadata or {}), META_CLASSES: json.dumps(teacher.classes).encode(),
+                META_TEACHER: json.dumps(teacher.identity(), sort_keys=True).encode()}
+    labelled = _AtomicWriter(target, base.append(pa.field(PROBS, pa.list_(pa.float32())))
+                             .append(pa.field(TRUNCATED, pa.bool_())).with_metadata(metadata))
+    quarantined = _AtomicWriter(quarantine_target, base.append(pa.field(REASON, pa.string()))
+                                .with_metadata(metadata))
+    rows_in = 0
+    try:
+        for batch in reader.iter_batches(batch_size=batch_size, columns=base.names):
+            table = pa.Table.from_batches([batch])
+            rows_in += table.num_rows
+            good, bad = _label_batch(teacher, table, on_too_long)
+            labelled.write(good)
+            quarantined.write(bad)
+        labelled.ensure_open()  # an empty shard still gets its (empty) output: it is done
+        quarantined.commit()
+        labelled.commit()
+    finally:
+        labelled.discard()
+        quarantined.discard()
+    return ShardResult(source, str(target), str(quarantine_target) if quarantined.rows else None, rows_in,
+                       labelled.rows, quarantined.rows, labelled.truncated, seconds=time.monotonic() - started)
+
+
+def _label_batch(teacher: Teacher, table: pa.Table, on_too_long: OnTooLong) -> tuple[pa.Table, pa.Table]:
+    """Splits a batch into labelled rows (+ probs, truncated) and quarantined rows (+ reason)."""
+    texts = table[TEXT].to_pylist()
+    present = np.array([t is not None for t in texts], bool)
+    probs = np.zeros((len(texts), len(teacher.classes)), np.float32)
+    truncated = np.zeros(len(texts), bool)
+    if present.any():
+        probs[present], truncated[present] = teacher.probs_with_flags([t for t in texts if t is not None])
+    keep = present & ~truncated if on_too_long == "quarantine" else present
+    reasons = np.where(present, f"text is over the teacher's max_length of {teacher.max_length} tokens "
+                       "(labeling.on_too_long: quarantine)", "text is missing")
+    probs_column = pa.FixedSizeListArray.from_arrays(pa.array(probs[keep].ravel()), len(teacher.classes))
+    good = (table.filter(pa.array(keep)).append_column(PROBS, probs_column.cast(pa.list_(pa.float32())))
+            .append_column(TRUNCATED, pa.array(truncated[keep])))
+    bad = table.filter(pa.array(~keep)).append_column(REASON, pa.array(reasons[~keep], pa.string()))
+    return good, bad
+
+
+class _AtomicWriter:
+    """A Parquet file written under a temporary name (opened on the first rows) and renamed on commit."""
+
+    def __init__(self, target: Path, schema: pa.Schema) -> None:
+        self.target = target
+        self.schema = schema
+        self.tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.writer: pq.ParquetWriter | None = None
+        self.rows = 0
+        self.truncated = 0
+
+    def ensure_open(self) -> None:
+        if self.writer is None:
+            self.target.parent.mkdir(parents=True, exist_ok=True)
+            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+
+    def write(self, table: pa.Table) -> None:
+        if table.num_rows:
+            self.ensure_open()
+            self.writer.write_table(table.cast(self.schema))
+            self.rows += table.num_rows
+            if TRUNCATED in table.column_names:
+                self.truncated += int(table[TRUNCATED].to_numpy().sum())
+
+    def commit(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+            os.replace(self.tmp, self.target)
+
+    def discard(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
+        self.tmp.unlink(missing_ok=True)
+
+
+def _open_shard(source: str) -> pq.ParquetFile:
+    try:
+        reader = pq.ParquetFile(source)
+    except (OSError, pa.ArrowException) as err:
+        raise DataError(f"{source}: cannot read this Parquet shard ({err}); re-run the prepare stage") from None
+    if TEXT not in reader.schema_arrow.names:
+        raise DataError(f"{source}: no {TEXT!r} column (columns: {reader.schema_arrow.names}); label only "
+                        "shards written by the prepare stage")
+    return reader
+
+
+def _output_paths(input_paths: list[str], out: Path) -> dict[str, Path]:
+    names: dict[str, str] = {}
+    for source in input_paths:
+        name = Path(source).name
+        if name in names:
+            raise DataError(f"{source} and {names[name]} have the same file name; labelled shards are named "
+                            "after their input, so give each input shard a distinct name")
+        names[name] = source
+    return {source: out / LABELLED / Path(source).name for source in input_paths}
+
+
+def _finished_shard(source: str, target: Path, classes: list[str], identity: dict) -> ShardResult:
+    """The accounting of a shard an earlier run labelled, after checking it used the same teacher."""
+    meta = pq.read_metadata(target)
+    kv = meta.metadata or {}
+    earlier = json.loads(kv.get(META_TEACHER, b"{}"))
+    same = ({k: v for k, v in earlier.items() if k not in IDENTITY_FREE}
+            == {k: v for k, v in identity.items() if k not in IDENTITY_FREE})
+    if json.loads(kv.get(META_CLASSES, b"[]")) != list(classes) or not same:
+        raise StageError(f"{target} was labelled by another teacher or for other classes "
+                         f"({earlier}, {kv.get(META_CLASSES)}); delete {target.parent} or label into another "
+                         "folder")
+    quarantine = target.parent.parent / QUARANTINE / target.name
+    rows_quarantined = pq.read_metadata(quarantine).num_rows if quarantine.is_file() else 0
+    truncated = pc.sum(pq.read_table(target, columns=[TRUNCATED])[TRUNCATED]).as_py() or 0
+    return ShardResult(source, str(target), str(quarantine) if quarantine.is_file() else None,
+                       pq.read_metadata(source).num_rows, meta.num_rows, rows_quarantined, truncated, skipped=True)
+
+
+def _remove_leftovers(out: Path, targets: list[Path]) -> None:
+    """Deletes temporary files that runs which died left for the shards about to be labelled."""
+    for target in targets:
+        for folder in (target.parent, out / QUARANTINE):
+            for tmp in folder.glob(f".{target.name}.*.tmp"):
+                tmp.unlink(missing_ok=True)
+
+
+def _check_accounting(result: LabelResult) -> None:
+    for shard in result.shards:
+        if shard.rows_in != shard.rows_labelled + shard.rows_quarantined:
+            raise StageError(f"{shard.input}: {shard.rows_in} rows in but {shard.rows_labelled} labelled + "
+                             f"{shard.rows_quarantined} quarantined; delete {shard.output} and label again")

@@ -1,0 +1,53 @@
+"""Teacher fine-tuning on Ray Train (DeepSpeed ZeRO-2 and ZeRO-3, 2 workers) with real command lines: the
+result is a Hugging Face folder that transformers loads, names its labels by class, and beats chance."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import make_tiny_classifier
+from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+from smallsec_ray.spec import FinetuneSpec, TrainingSpec
+from smallsec_ray.teachers.finetune import finetune_teacher
+
+CLASSES = ["benign", "malicious"]
+
+
+@pytest.fixture(scope="module")
+def rows(shared_data):
+    """1,200 real rows, half malicious (Atomic Red Team, GTFOBins), half benign (tldr, NL2Bash); 100
+    training rows have no label (fine-tuning reads only the labelled ones)."""
+    from test_training import cmdline_slice
+
+    frame = cmdline_slice(shared_data, {"atomic_red_team.jsonl": 300, "gtfobins.jsonl": 300,
+                                        "tldr.jsonl.gz": 300, "nl2bash.jsonl": 300}, seed=1)
+    train, val = frame.iloc[:1000].copy(), frame.iloc[1000:].reset_index(drop=True)
+    train.loc[train.index[:100], "label"] = None
+    return train, val
+
+
+def accuracy_with_transformers(folder, val) -> float:
+    tokenizer = AutoTokenizer.from_pretrained(folder)
+    model = AutoModelForSequenceClassification.from_pretrained(folder).eval()
+    enc = tokenizer(list(val["text"]), padding=True, truncation=True, max_length=64, return_tensors="pt")
+    with torch.no_grad():
+        predicted = model(**enc).logits.argmax(dim=1).tolist()
+    names = [model.config.id2label[i] for i in predicted]
+    return sum(n == label for n, label in zip(names, val["label"], strict=True)) / len(val)
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.parametrize("zero_stage", [2, 3])
+def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_local, rows, tmp_path, zero_stage):
+    train, val = rows
+    teacher = make_tiny_classifier(tmp_path / "tiny", CLASSES)
+    training = TrainingSpec(strategy="deepspeed", zero_stage=zero_stage, workers=2, cpus_per_worker=1.0,
+                            early_stopping_patience=0)
+    folder = finetune_teacher(teacher, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),
+                              FinetuneSpec(epochs=3, batch_size=32, learning_rate=1e-3), training, max_length=64,
+                              out_dir=tmp_path / "out")
+    assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
+    config = AutoModelForSequenceClassification.from_pretrained(folder).config
+    assert config.id2label == {0: "benign", 1: "malicious"}  # by our class order, not the base model's
+    assert accuracy_with_transformers(folder, val) > 0.7
