@@ -21,6 +21,7 @@ $(STAMP): pyproject.toml
 	touch $@
 
 run: setup
+	test -f demo-data/README.txt || $(BIN)/smallsec demo-data demo-data
 	$(BIN)/smallsec run $(SPEC)
 
 test: setup
@@ -30,4 +31,4 @@ lint: setup
 	$(BIN)/ruff check smallsec_ray tests benchmarks
 
 clean:
-	rm -rf $(VENV) runs
+	rm -rf $(VENV) runs demo-data

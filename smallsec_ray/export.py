@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -167,3 +168,40 @@ def _check_export_args(model: nn.Module, class_names: Sequence[str], thresholds:
     if not parity_texts:
         raise StageError("export: parity_texts is empty; give real rows (e.g. the validation split) so the "
                          "ONNX graph can be checked against torch")
+
+
+def score_file(model_dir: str | Path, path: str | Path, column: str = "text", output: str | Path | None = None) -> int:
+    """`smallsec score`: scores every artifact of a file (one per line in a text file, or the `column` of
+    a JSONL/CSV/Parquet shard) and writes one JSON object per row: label, detection, probabilities."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: no such file to score")
+    if path.suffix in (".txt", ".log", "") or path.name.endswith(".txt.gz"):
+        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    else:
+        texts = _column_of(path, column)
+    scorer = OnnxScorer(model_dir)
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 (closed below)
+    detections = 0
+    try:
+        for text, score in zip(texts, scorer.score(texts), strict=True):
+            detections += score.is_detection
+            out.write(json.dumps({"text": text[:200], "label": score.label, "detection": score.is_detection,
+                                  "probabilities": {k: round(v, 6) for k, v in score.probabilities.items()}}) + "\n")
+    finally:
+        if output:
+            out.close()
+    print(f"scored {len(texts):,} rows of {path}: {detections:,} detections at the exported thresholds "
+          f"{scorer.thresholds}", file=sys.stderr)
+    return 0
+
+
+def _column_of(path: Path, column: str) -> list[str]:
+    from smallsec_ray.data.io import read_shard
+    from smallsec_ray.spec import Columns
+
+    shard = read_shard(str(path), Columns(text=[column]))
+    if shard.rows_quarantined:
+        print(f"{path}: {shard.rows_quarantined:,} rows not scored (unreadable, empty or oversized)",
+              file=sys.stderr)
+    return shard.good.column("text").to_pylist()
