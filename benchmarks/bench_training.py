@@ -5,12 +5,15 @@ plain single-process PyTorch loop, on the same char-CNN student and the same rea
     .venv/bin/python benchmarks/bench_training.py              # 20,000 rows, 3 epochs
 
 Samples/s is training rows per second in the last epoch (steady state: the first epoch also starts the
-data pipeline); "fit s" is the whole call, start-up included. Reads ../shared/data/cmdline (or --data).
+data pipeline); "fit s" is the whole call, start-up included; ratios are against the plain loop with one
+torch thread, which is what a Ray worker with one CPU runs. Numbers swing with other load on the machine:
+the load average is printed with them. Reads ../shared/data/cmdline (or --data).
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import tempfile
 import time
 from pathlib import Path
@@ -76,9 +79,14 @@ def main() -> None:
     base = dict(epochs=epochs, batch_size=128, early_stopping_patience=0, cpus_per_worker=1.0)
     init_ray(num_cpus=4)
 
-    started = time.perf_counter()
-    plain = plain_loop(train, student, TrainingSpec(**base))
-    table = [("plain PyTorch, 1 process", plain, time.perf_counter() - started)]
+    table = []
+    for threads in sorted({1, os.cpu_count() or 1}):  # a Ray worker with 1 CPU runs 1 torch thread
+        torch.set_num_threads(threads)
+        started = time.perf_counter()
+        rate = plain_loop(train, student, TrainingSpec(**base))
+        table.append((f"plain PyTorch, 1 process, {threads} thread{'s' * (threads > 1)}", rate,
+                      time.perf_counter() - started))
+    plain = table[0][1]
     for label, strategy, workers in [("Ray Train + DeepSpeed ZeRO-1", "deepspeed", 1),
                                      ("Ray Train + DeepSpeed ZeRO-1", "deepspeed", 2),
                                      ("Ray Train + DDP", "ddp", 2)]:
@@ -91,7 +99,7 @@ def main() -> None:
                           time.perf_counter() - started))
 
     print(f"\nchar_cnn/{args.preset}, {rows:,} training rows, {epochs} epochs, batch 128 per worker, "
-          f"{torch.get_num_threads()} torch threads in the plain loop\n")
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
     print("| loop | samples/s (last epoch) | vs plain | fit s |")
     print("|---|---:|---:|---:|")
     for name, rate, seconds in table:

@@ -30,9 +30,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+import ray
+from ray.data import ActorPoolStrategy
 
 from smallsec_ray.data.schema import META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
 from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.runtime import init_ray
 from smallsec_ray.teachers.backends import Teacher, make_teacher, teacher_identity
 
 OnTooLong = Literal["truncate", "quarantine"]
@@ -111,10 +114,6 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     prompt_template, verbalizers) and the artifact type. Ray starts embedded unless it is running
     (runtime.init_ray); on a cluster `out_dir` must be a filesystem every node writes to.
     """
-    import ray
-
-    from smallsec_ray.runtime import init_ray
-
     started = time.monotonic()
     teacher_args = _teacher_args(teacher_cfg, classes)
     identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
@@ -129,7 +128,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
         init_ray()
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
-            ShardLabeller, batch_size=1, compute=_actor_pool(replicas), num_cpus=cpus_per_replica,
+            ShardLabeller, batch_size=1, compute=_actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out),
                                    "batch_size": batch_size, "on_too_long": on_too_long})
@@ -149,14 +148,13 @@ def _teacher_args(teacher_cfg: dict, classes: list[str]) -> dict:
     return {**args, "model_dir": teacher_cfg["model"], "classes": list(classes)}
 
 
-def _actor_pool(replicas: int | tuple[int, int]):
-    from ray.data import ActorPoolStrategy
-
-    # One shard in flight per actor: a shard queued behind a busy replica would wait while another idles.
+def _actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrategy:
+    """No more replicas than shards (each would start an engine for nothing), and one shard in flight
+    per replica: a shard queued behind a busy replica would wait while another one idles."""
     if isinstance(replicas, int):
-        return ActorPoolStrategy(size=replicas, max_tasks_in_flight_per_actor=1)
+        return ActorPoolStrategy(size=min(replicas, shards), max_tasks_in_flight_per_actor=1)
     low, high = replicas
-    return ActorPoolStrategy(min_size=low, max_size=high, max_tasks_in_flight_per_actor=1)
+    return ActorPoolStrategy(min_size=min(low, shards), max_size=min(high, shards), max_tasks_in_flight_per_actor=1)
 
 
 class ShardLabeller:

@@ -1,10 +1,12 @@
-"""Teacher fine-tuning on Ray Train (DeepSpeed ZeRO-2 and ZeRO-3, 2 workers) with real command lines: the
-result is a Hugging Face folder that transformers loads, names its labels by class, and beats chance."""
+"""Teacher fine-tuning on Ray Train (DeepSpeed ZeRO-2 fp32 and ZeRO-3 bf16, 2 workers) with real command
+lines: the result is a Hugging Face folder that transformers loads, names its labels by class, and beats
+chance."""
 
 from __future__ import annotations
 
 import pytest
 import torch
+from safetensors import safe_open
 from tiny_models import make_tiny_classifier
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
@@ -38,16 +40,22 @@ def accuracy_with_transformers(folder, val) -> float:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("zero_stage", [2, 3])
-def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_local, rows, tmp_path, zero_stage):
+@pytest.mark.parametrize(("zero_stage", "precision"), [(2, "fp32"), (3, "bf16")])
+def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_local, rows, tmp_path, zero_stage,
+                                                                         precision):
     train, val = rows
     teacher = make_tiny_classifier(tmp_path / "tiny", CLASSES)
-    training = TrainingSpec(strategy="deepspeed", zero_stage=zero_stage, workers=2, cpus_per_worker=1.0,
-                            early_stopping_patience=0)
+    training = TrainingSpec(strategy="deepspeed", zero_stage=zero_stage, precision=precision, workers=2,
+                            cpus_per_worker=1.0, early_stopping_patience=0)
     folder = finetune_teacher(teacher, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),
                               FinetuneSpec(epochs=3, batch_size=32, learning_rate=1e-3), training, max_length=64,
                               out_dir=tmp_path / "out")
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     config = AutoModelForSequenceClassification.from_pretrained(folder).config
     assert config.id2label == {0: "benign", 1: "malicious"}  # by our class order, not the base model's
+    # ZeRO-3 shards are gathered whole, and bf16 training still saves fp32 weights.
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        tensors = {k: weights.get_tensor(k) for k in weights.keys()}
+    assert tensors["classifier.weight"].shape == (2, 64)
+    assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
     assert accuracy_with_transformers(folder, val) > 0.7

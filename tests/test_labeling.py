@@ -124,14 +124,18 @@ def test_rerun_after_a_crash_labels_each_row_once(ray_local, shards, tiny_classi
         assert teacher["fingerprint"] == result.teacher["fingerprint"] and teacher["kind"] == "classifier"
 
 
-def test_truncate_mode_labels_long_rows_and_flags_them(shards, tiny_classifier, tmp_path):
-    teacher = make_teacher("classifier", "hf", str(tiny_classifier), TINY_CLASSES, max_length=MAX_LENGTH)
+@pytest.mark.parametrize("kind", ["classifier", "generative"])
+def test_truncate_mode_labels_long_rows_and_flags_them(kind, shards, tiny_classifier, tiny_causal_lm, tmp_path):
+    model = tiny_classifier if kind == "classifier" else tiny_causal_lm
+    teacher = make_teacher(kind, "hf", str(model), TINY_CLASSES, max_length=MAX_LENGTH)
     result = label_shard(teacher, shards[1], tmp_path, batch_size=8, on_too_long="truncate")
     assert (result.rows_in, result.rows_labelled, result.rows_quarantined) == (ROWS_PER_SHARD, ROWS_PER_SHARD - 1, 1)
     labelled = pq.read_table(result.output)
-    flags = [n > MAX_LENGTH for n in teacher.token_lengths(labelled[TEXT].to_pylist())]
+    texts = labelled[TEXT].to_pylist()
+    flags = [n > MAX_LENGTH for n in teacher.token_lengths(texts)]
     assert labelled[TRUNCATED].to_pylist() == flags and any(flags)
     assert result.rows_truncated == sum(flags)
+    np.testing.assert_allclose(np.array(labelled[PROBS].to_pylist()), teacher.probs(texts), atol=1e-6)
     assert pq.read_table(result.quarantine)[REASON].to_pylist() == ["text is missing"]
 
 

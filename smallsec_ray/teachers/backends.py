@@ -46,12 +46,10 @@ FINGERPRINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "
 
 
 class Scorer(Protocol):
-    """An engine holding the model: token ids in, probabilities in class order out."""
+    """An engine holding the model: token ids in, probabilities in class order out. The scorers of
+    generative models also have `generate(token_ids, max_tokens, temperature, seed) -> list[str]`."""
 
     def scores(self, token_ids: list[list[int]]) -> np.ndarray: ...
-
-    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float,
-                 seed: int) -> list[str]: ...
 
     def close(self) -> None: ...
 
@@ -345,9 +343,6 @@ class VllmClassifier:
         probs = np.asarray([o.outputs.probs for o in outputs], np.float32)
         return probs[:, self.columns]
 
-    def generate(self, token_ids, max_tokens, temperature, seed):
-        raise StageError("teacher: a classifier cannot generate text")
-
     def close(self) -> None:
         _stop_vllm(self.__dict__.pop("llm"))
 
@@ -421,9 +416,6 @@ class HfClassifier:
                 logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
                 probs[rows] = torch.softmax(logits, dim=-1)[:, self.columns].numpy()
         return probs
-
-    def generate(self, token_ids, max_tokens, temperature, seed):
-        raise StageError("teacher: a classifier cannot generate text")
 
     def close(self) -> None:
         del self.model

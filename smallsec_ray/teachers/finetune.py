@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from ray.data.expressions import col
 from torch import nn
 
 from smallsec_ray.data.schema import LABEL
@@ -53,10 +54,6 @@ class TeacherTask:
         self._tokenizer.save_pretrained(folder)
 
 
-def has_label(row: dict[str, Any]) -> bool:
-    return row[LABEL] is not None
-
-
 def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
                      training: TrainingSpec, max_length: int, out_dir: str | Path) -> Path:
     """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
@@ -65,5 +62,7 @@ def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds:
         "epochs": finetune.epochs, "batch_size": finetune.batch_size, "learning_rate": finetune.learning_rate,
         "max_rows": finetune.max_rows, "alpha": 1.0, "resume_from": None})
     task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length)
-    result = fit(task, spec, train_ds.filter(has_label), val_ds.filter(has_label), out_dir, name="finetune_teacher")
+    labelled = col(LABEL).is_not_null()
+    result = fit(task, spec, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir,
+                 name="finetune_teacher")
     return result.checkpoint_dir

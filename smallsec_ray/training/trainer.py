@@ -14,6 +14,7 @@ A rerun into the same out folder continues from its latest checkpoint.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -34,10 +35,13 @@ from torch import nn
 
 from smallsec_ray.data.schema import LABEL, PROBS, TEXT
 from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.runtime import init_ray
 from smallsec_ray.spec import StudentSpec, TrainingSpec
 from smallsec_ray.students import build_from_config, build_student, student_config
 from smallsec_ray.training.engine import build_engine
 from smallsec_ray.training.loss import distillation_loss
+
+log = logging.getLogger(__name__)
 
 WEIGHT = "weight"  # optional per-row loss weight column
 MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE = "model", "checkpoints", "metrics.json"
@@ -130,6 +134,9 @@ class Progress:
     def write(self, folder: Path) -> None:
         (folder / PROGRESS_FILE).write_text(json.dumps(asdict(self), indent=1))
 
+    def out_of_patience(self, patience: int) -> bool:
+        return patience > 0 and self.bad_epochs >= patience
+
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     task: Task = config["task"]
@@ -145,13 +152,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         with checkpoint.as_directory() as folder:
             engine.load(Path(folder))
             progress = Progress.read(Path(folder))
+    resumed_at_step = progress.global_step  # 0 for a fresh start; shows restarts in the metrics
 
     train_rows = ray.train.get_dataset_shard("train")
     val_rows = ray.train.get_dataset_shard("validation")
-    stop = training.early_stopping_patience > 0 and progress.bad_epochs >= training.early_stopping_patience
-    while progress.epoch < training.epochs and not stop:
+    while progress.epoch < training.epochs and not progress.out_of_patience(training.early_stopping_patience):
         engine.train()
-        sums = torch.zeros(2, dtype=torch.float64)  # loss x rows, rows
+        sums = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss x rows, rows (no per-step sync)
         started = time.perf_counter()
         batches = train_rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER,
@@ -166,7 +173,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             engine.step()
             progress.step_in_epoch += 1
             progress.global_step += 1
-            sums += torch.tensor([loss.item() * len(logits), len(logits)], dtype=torch.float64)
+            sums[0] += loss.detach() * len(logits)
+            sums[1] += len(logits)
             fail_once_at_step(config, progress.global_step)
             if training.checkpoint_every_steps and progress.global_step % training.checkpoint_every_steps == 0:
                 metrics = validate(engine, task, encode, val_rows, training)
@@ -181,12 +189,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             progress.best_val_loss, progress.bad_epochs = metrics["val_loss"], 0
         else:
             progress.bad_epochs += 1
-        metrics.update(epoch=progress.epoch, global_step=progress.global_step,
-                       train_loss=train_loss_sum / max(rows, 1), samples_per_s=rows / seconds, train_seconds=seconds)
+        metrics.update(epoch=progress.epoch, global_step=progress.global_step, resumed_at_step=resumed_at_step,
+                       train_loss=train_loss_sum / max(rows, 1), train_rows=int(rows), train_seconds=seconds,
+                       samples_per_s=rows / seconds)
         progress.history.append(metrics)
-        stop = training.early_stopping_patience > 0 and progress.bad_epochs >= training.early_stopping_patience
         if rank == 0:
-            print(epoch_line(metrics, training.epochs) + ("  (early stop)" if stop else ""), flush=True)
+            stop = progress.out_of_patience(training.early_stopping_patience)
+            log.info(epoch_line(metrics, training.epochs) + ("  (early stop)" if stop else ""))
         save_and_report(engine, task, progress, metrics)
 
 
@@ -269,8 +278,6 @@ class TrainResult:
 def fit(task: Task, training: TrainingSpec, train_ds: Any, val_ds: Any, out_dir: str | Path,
         name: str, drill: dict[str, Any] | None = None) -> TrainResult:
     """Runs `train_loop_per_worker` on Ray Train and copies the best model to out_dir/model."""
-    from smallsec_ray.runtime import init_ray
-
     init_ray()
     out_dir = Path(out_dir).resolve()
     val_count = val_ds.count()
@@ -304,11 +311,11 @@ def fit(task: Task, training: TrainingSpec, train_ds: Any, val_ds: Any, out_dir:
     shutil.rmtree(model_dir, ignore_errors=True)
     with best.as_directory() as folder:
         shutil.copytree(Path(folder) / MODEL_DIR, model_dir)
-        best_step = Progress.read(Path(folder))
+        best_progress = Progress.read(Path(folder))
     with result.checkpoint.as_directory() as folder:
         history = Progress.read(Path(folder)).history
-    best_epoch = best_step.epoch if best_step.step_in_epoch == 0 else 0
-    rows = sum(m["samples_per_s"] * m["train_seconds"] for m in history)
+    best_epoch = best_progress.epoch if best_progress.step_in_epoch == 0 else 0
+    rows = sum(m["train_rows"] for m in history)
     seconds = sum(m["train_seconds"] for m in history)
     train_result = TrainResult(model_dir, history, best_epoch, rows / seconds if seconds else 0.0)
     (out_dir / METRICS_FILE).write_text(json.dumps({**asdict(train_result), "checkpoint_dir": str(model_dir)},
