@@ -16,7 +16,7 @@ def run_job(spec: JobSpec, force_from: str | None = None, until: str | None = No
             echo: Callable[[str], None] = print) -> dict[str, dict]:
     """Runs the spec's workload; returns the manifests of the stages that ran or were skipped."""
     stages = stages_for(spec)
-    run_dir = Path(spec.output)
+    run_dir = Path(spec.output).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "spec.resolved.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
     echo(f"job {spec.name!r}: workload {spec.workload}, {len(stages)} stages, output {run_dir.resolve()}")

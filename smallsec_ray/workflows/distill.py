@@ -47,7 +47,8 @@ def run_finetune_teacher(ctx: StageContext) -> StageOutput:
                               spec.training, teacher.max_length, ctx.stage_dir)
     metrics = json.loads((ctx.stage_dir / METRICS_FILE).read_text())
     return StageOutput(outputs={"model": str(folder.relative_to(ctx.run_dir)), "finetuned": True,
-                                "epochs": metrics["metrics"], "best_epoch": metrics["best_epoch"]})
+                                "epochs": metrics["metrics"], "best_epoch": metrics["best_epoch"],
+                                "samples_per_s": round(metrics["samples_per_s"], 1)})
 
 
 def run_label(ctx: StageContext) -> StageOutput:
