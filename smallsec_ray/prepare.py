@@ -84,7 +84,7 @@ def run_prepare(ctx: StageContext) -> StageOutput:
     jobs: dict[str, list] = {part: [] for part in PARTS}
     for part in PARTS:
         for i, path in enumerate(expand_paths(getattr(data, part))):
-            name = f"{i:05d}-{_stem(path)}.parquet"
+            name = f"{part}-{i:05d}-{_stem(path)}.parquet"  # unique across parts: later stages pool them
             out = ctx.stage_dir / part / name
             quarantine = ctx.stage_dir / "quarantine" / part / name
             jobs[part].append(_read_and_validate.remote(path, str(out), str(quarantine), data, spec.classes))

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import shlex
+import sys
 
 import ray
+import ray.data
 
 # Set before Ray starts, in this process and (through runtime_env) in its workers.
 RUNTIME_ENV_VARS = {
@@ -20,6 +23,9 @@ RUNTIME_ENV_VARS = {
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
+    # Quiet libraries: the run prints one line per stage and epoch; engine start-up chatter hides them.
+    "VLLM_LOGGING_LEVEL": "WARNING",
+    "TRANSFORMERS_VERBOSITY": "error",
 }
 
 
@@ -42,11 +48,23 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     address = address or os.environ.get("RAY_ADDRESS")  # set when we run as a Ray job on a cluster
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
+        _quiet_ray_data()
         return
+    _quiet_ray_data()
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     # address="local": always a new instance, never a cluster some other process started here.
     ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              runtime_env=env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+
+
+def _quiet_ray_data() -> None:
+    """Ray Data logs a progress table every few seconds when stdout is not a terminal; keep bars on a
+    terminal, and only warnings in logs (SMALLSEC_VERBOSE=1 keeps everything)."""
+    if os.environ.get("SMALLSEC_VERBOSE") == "1":
+        return
+    ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
+    logging.getLogger("ray.data").setLevel(logging.WARNING)
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
 
 
 def submit_job(spec_path: str, address: str, working_dir: str = ".", extra_args: list[str] | None = None,

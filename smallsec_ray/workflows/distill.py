@@ -55,23 +55,22 @@ def run_label(ctx: StageContext) -> StageOutput:
     spec = ctx.spec
     teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune"}), "model": _teacher_model(ctx),
                    "artifact": spec.artifact}
-    counts: dict = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0}
-    outputs: dict = {}
-    for part in LABELLED_PARTS:
-        inputs = prepared_paths(ctx, part)
-        if not inputs:
-            continue
-        result = label_shards(inputs, str(ctx.stage_dir / part), teacher_cfg, spec.classes,
-                              spec.labeling.replicas, spec.labeling.cpus_per_replica,
-                              spec.labeling.gpus_per_replica, spec.labeling.batch_size, spec.labeling.on_too_long)
-        block = {"rows_in": result.rows_in, "rows_out": result.rows_labelled,
-                 "rows_quarantined": result.rows_quarantined, "rows_truncated": result.rows_truncated,
-                 "rows_per_s": round(result.rows_per_s, 1)}
-        counts[part] = block
-        for key in ("rows_in", "rows_out", "rows_quarantined"):
-            counts[key] += block[key]
-        outputs[part] = [str(Path(p).relative_to(ctx.run_dir)) for p in result.output_paths]
-        outputs["teacher"] = result.teacher
+    part_of = {path: part for part in LABELLED_PARTS for path in prepared_paths(ctx, part)}
+    # One pipeline over every part's shards: the replicas start once.
+    result = label_shards(list(part_of), str(ctx.stage_dir), teacher_cfg, spec.classes, spec.labeling.replicas,
+                          spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica, spec.labeling.batch_size,
+                          spec.labeling.on_too_long)
+    counts: dict = {"rows_in": result.rows_in, "rows_out": result.rows_labelled,
+                    "rows_quarantined": result.rows_quarantined, "rows_truncated": result.rows_truncated,
+                    "rows_per_s": round(result.rows_per_s, 1)}
+    outputs: dict = {"teacher": result.teacher, **{part: [] for part in LABELLED_PARTS}}
+    for shard in result.shards:
+        part = part_of[shard.input]
+        block = counts.setdefault(part, {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0})
+        block["rows_in"] += shard.rows_in
+        block["rows_out"] += shard.rows_labelled
+        block["rows_quarantined"] += shard.rows_quarantined
+        outputs[part].append(str(Path(shard.output).relative_to(ctx.run_dir)))
     return StageOutput(counts=counts, outputs=outputs)
 
 
