@@ -6,6 +6,7 @@ import logging
 import os
 import shlex
 import sys
+import time
 
 import ray
 import ray.data
@@ -87,5 +88,13 @@ def submit_job(spec_path: str, address: str, working_dir: str = ".", extra_args:
         runtime_env["pip"] = pip
     entrypoint = shlex.join(["python", "-m", "smallsec_ray.cli", "run", spec_path, *(extra_args or [])])
     client = JobSubmissionClient(address)
-    return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+    # A head that has just started answers before its job agent is up; that is worth waiting for.
+    deadline = time.time() + 90
+    while True:
+        try:
+            return client.submit_job(entrypoint=entrypoint, runtime_env=runtime_env)
+        except RuntimeError as err:
+            if "No available agent" not in str(err) or time.time() > deadline:
+                raise
+            time.sleep(2)
 

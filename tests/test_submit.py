@@ -30,9 +30,11 @@ def ray_head(tmp_path_factory):
     (`ray stop` would stop every Ray on the machine)."""
     temp_dir = tmp_path_factory.mktemp("rayhead")
     port, dash = free_port(), free_port()
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # As with an activated venv on a cluster node: the job's `python` is the one with smallsec_ray.
+    venv_bin = str(Path(sys.executable).parent)
+    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
-    ray_bin = Path(sys.executable).parent / "ray"
+    ray_bin = Path(venv_bin) / "ray"
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",

@@ -20,6 +20,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 import torch
+from ray.data.expressions import col
 
 from smallsec_ray.data import schema
 from smallsec_ray.evaluation import compare_at_threshold, evaluate_model, label_audit, pick_threshold
@@ -181,7 +182,7 @@ def _labelled_paths(ctx: StageContext, parts: tuple[str, ...]) -> list[str]:
 
 def _dataset(paths: list[str], split: str) -> ray.data.Dataset:
     columns = [c for c in TRAIN_COLUMNS if c in pq.read_schema(paths[0]).names] if paths else TRAIN_COLUMNS
-    return ray.data.read_parquet(paths, columns=columns).filter(expr=f"{schema.SPLIT} == '{split}'")
+    return ray.data.read_parquet(paths, columns=columns).filter(expr=col(schema.SPLIT) == split)
 
 
 def _labelled_rows(ctx: StageContext, parts: tuple[str, ...], split: str | None) -> pa.Table:

@@ -1,0 +1,252 @@
+"""Teacher labelling throughput: the Ray Data pipeline (label_shards, 1 replica) against the same vLLM engine
+called in a plain loop (make_teacher + label_shard per shard, one process), vLLM against Hugging Face on the
+same model and rows, and the bytes each labelled row takes on disk.
+
+    .venv/bin/python benchmarks/bench_labeling.py --quick     # 4 shards x 500 rows, ~1.5 min on 2 cores
+    .venv/bin/python benchmarks/bench_labeling.py             # 8 shards x 2,000 rows
+
+The teacher is bundled:all-minilm-l6-v2 with a fresh, seeded 2-class head (benign/malicious): speed does not
+depend on the weights, so it is not fine-tuned. Rows are real: command lines from tldr and NL2Bash, URLs from
+Tranco and URLhaus (../shared/data, or --data), written as Parquet shards in the canonical schema, command-line
+and URL shards alternating.
+
+Each engine runs in its own subprocess (`--part pipeline|loop|hf`; vLLM allows one in-process engine per
+process). "Whole call" is the call as a user makes it, engine start included (for the pipeline: label_shards
+with Ray already up; Ray's own start is shown apart). "Steady" is rows of all shards but the first finished
+over the time from the first shard's output to the last one's (file mtimes), so engine start and warm-up are
+left out on both sides alike. The backend rows time Teacher.probs on every text in chunks of --batch-size,
+after a warm-up chunk. Every engine runs --threads torch threads (OMP_NUM_THREADS; the pipeline's replica
+asks Ray for as many CPUs, from which Ray sets the same variable). Numbers swing with other load on the
+machine (on 2 cores, Ray's own processes compete with a 2-thread engine): the load average is printed with them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from urllib.parse import urlsplit
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from smallsec_ray.data.schema import CANONICAL_SCHEMA, GROUP, ID, LABEL, SOURCE, TEXT
+from smallsec_ray.labeling import LABELLED, label_shard, label_shards
+from smallsec_ray.runtime import apply_env_defaults
+from smallsec_ray.teachers.backends import make_teacher
+from smallsec_ray.teachers.bundled import resolve_model
+
+CLASSES = ["benign", "malicious"]
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+CMDLINE_FILES = ["tldr.jsonl.gz", "nl2bash.jsonl"]
+URL_FILES = ["tranco_top100k.csv", "urlhaus.csv"]
+PARTS = ("pipeline", "loop", "hf")
+
+
+def read_cmdlines(data: Path, rows: int, seed: int) -> pd.DataFrame:
+    frame = pd.concat(pd.read_json(data / "cmdline" / f, lines=True)[["text", "label", "source"]]
+                      for f in CMDLINE_FILES)
+    frame = frame.sample(rows, replace=rows > len(frame), random_state=seed)
+    return frame.assign(group=frame["text"].str.split().str[0].fillna(""))  # the command's program
+
+
+def read_urls(data: Path, rows: int, seed: int) -> pd.DataFrame:
+    frame = pd.concat(pd.read_csv(data / "url" / f, usecols=["url", "label"]).assign(source=Path(f).stem)
+                      for f in URL_FILES)
+    frame = frame.rename(columns={"url": "text"}).sample(rows, replace=rows > len(frame), random_state=seed)
+    return frame.assign(group=[urlsplit(u).hostname or "" for u in frame["text"]])
+
+
+def write_shards(data: Path, folder: Path, shards: int, rows: int) -> dict[str, str]:
+    """`shards` canonical Parquet shards of `rows` rows, command lines and URLs alternating; returns
+    shard path -> artifact."""
+    half = (shards + 1) // 2
+    frames = {"cmdline": read_cmdlines(data, half * rows, seed=0), "url": read_urls(data, half * rows, seed=0)}
+    folder.mkdir(parents=True)
+    artifacts = {}
+    for i in range(shards):
+        artifact = "cmdline" if i % 2 == 0 else "url"
+        part = frames[artifact].iloc[(i // 2) * rows:(i // 2 + 1) * rows]
+        table = pa.table({ID: [f"{artifact}-{i}-{j}" for j in range(len(part))], TEXT: part["text"].tolist(),
+                          LABEL: part["label"].tolist(), SOURCE: part["source"].tolist(),
+                          GROUP: part["group"].tolist()}, schema=CANONICAL_SCHEMA)
+        path = folder / f"part-{i:05d}.parquet"
+        pq.write_table(table, path)
+        artifacts[str(path)] = artifact
+    return artifacts
+
+
+def write_teacher(folder: Path) -> None:
+    """MiniLM with a new seeded 2-class head, saved as a safetensors sequence-classifier folder."""
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    source = resolve_model("bundled:all-minilm-l6-v2")
+    torch.manual_seed(0)
+    model = AutoModelForSequenceClassification.from_pretrained(
+        source, num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
+        label2id={c: i for i, c in enumerate(CLASSES)})
+    model.save_pretrained(folder, safe_serialization=True)
+    AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+
+
+def teacher_cfg(work: Path, backend: str, max_length: int) -> dict:
+    return {"kind": "classifier", "backend": backend, "model": str(work / "teacher"), "max_length": max_length,
+            "dtype": "float32", "artifact": "cmdline"}
+
+
+def steady_rate(outputs: list[Path]) -> float:
+    """Rows of all shards but the first finished, per second from the first output's mtime to the last's."""
+    finished = sorted(outputs, key=lambda p: p.stat().st_mtime)
+    span = finished[-1].stat().st_mtime - finished[0].stat().st_mtime
+    rows = sum(pq.read_metadata(p).num_rows for p in finished[1:])
+    return rows / span if span > 0 else float("nan")
+
+
+def all_texts(work: Path) -> list[str]:
+    return [t for p in sorted((work / "shards").glob("*.parquet")) for t in pq.read_table(p)[TEXT].to_pylist()]
+
+
+def timed_probs(teacher, texts: list[str], batch_size: int) -> tuple[np.ndarray, float]:
+    """Teacher.probs over `texts` in chunks of batch_size, after one warm-up chunk; (probs, seconds)."""
+    teacher.probs(texts[:batch_size])
+    started = time.perf_counter()
+    probs = np.concatenate([teacher.probs(texts[i:i + batch_size]) for i in range(0, len(texts), batch_size)])
+    return probs, time.perf_counter() - started
+
+
+def part_pipeline(work: Path, args: argparse.Namespace) -> dict:
+    from smallsec_ray.runtime import init_ray
+
+    started = time.perf_counter()
+    init_ray()
+    ray_start = time.perf_counter() - started
+    shards = sorted(str(p) for p in (work / "shards").glob("*.parquet"))
+    out = work / "out-pipeline"
+    started = time.perf_counter()
+    result = label_shards(shards, str(out), teacher_cfg(work, "vllm", args.max_length), CLASSES, replicas=1,
+                          cpus_per_replica=args.threads, batch_size=args.batch_size)
+    seconds = time.perf_counter() - started
+    return {"rows": result.rows_labelled, "seconds": seconds, "ray_start": ray_start,
+            "steady": steady_rate([Path(p) for p in result.output_paths])}
+
+
+def part_loop(work: Path, args: argparse.Namespace) -> dict:
+    shards = sorted(str(p) for p in (work / "shards").glob("*.parquet"))
+    out = work / "out-loop"
+    cfg = teacher_cfg(work, "vllm", args.max_length)
+    started = time.perf_counter()
+    teacher = make_teacher(**{k: v for k, v in cfg.items() if k != "model"}, model_dir=cfg["model"], classes=CLASSES)
+    engine_start = time.perf_counter() - started
+    results = [label_shard(teacher, s, out, args.batch_size) for s in shards]
+    seconds = time.perf_counter() - started
+    probs, probs_seconds = timed_probs(teacher, all_texts(work), args.batch_size)
+    np.save(work / "probs-vllm.npy", probs)
+    teacher.close()
+    return {"rows": sum(r.rows_labelled for r in results), "seconds": seconds, "engine_start": engine_start,
+            "steady": steady_rate([Path(r.output) for r in results]), "probs_rows": len(probs),
+            "probs_seconds": probs_seconds}
+
+
+def part_hf(work: Path, args: argparse.Namespace) -> dict:
+    cfg = teacher_cfg(work, "hf", args.max_length)
+    teacher = make_teacher(**{k: v for k, v in cfg.items() if k != "model"}, model_dir=cfg["model"], classes=CLASSES)
+    probs, seconds = timed_probs(teacher, all_texts(work), args.batch_size)
+    np.save(work / "probs-hf.npy", probs)
+    teacher.close()
+    return {"probs_rows": len(probs), "probs_seconds": seconds}
+
+
+def run_part(part: str, work: Path, args: argparse.Namespace) -> dict:
+    """Runs one part in a fresh Python process (one engine per process) and returns its measurements."""
+    command = [sys.executable, __file__, "--part", part, "--work", str(work), "--max-length", str(args.max_length),
+               "--batch-size", str(args.batch_size), "--threads", str(args.threads)]
+    print(f"running part {part} ...", flush=True)
+    # The same thread count everywhere: Ray would set OMP_NUM_THREADS from the replica's CPUs anyway.
+    subprocess.run(command, check=True, env={**os.environ, "OMP_NUM_THREADS": str(args.threads)})
+    return json.loads((work / f"{part}.json").read_text())
+
+
+def bytes_per_row(work: Path, artifacts: dict[str, str]) -> list[tuple[str, int, float, float]]:
+    """Per artifact: labelled rows, input bytes/row, labelled (pipeline output) bytes/row."""
+    table = []
+    for artifact in ("cmdline", "url"):
+        inputs = [Path(p) for p, a in artifacts.items() if a == artifact]
+        outputs = [work / "out-pipeline" / LABELLED / p.name for p in inputs]
+        rows = sum(pq.read_metadata(p).num_rows for p in outputs)
+        table.append((artifact, rows, sum(p.stat().st_size for p in inputs) / rows,
+                      sum(p.stat().st_size for p in outputs) / rows))
+    return table
+
+
+def report(args: argparse.Namespace, results: dict[str, dict], sizes: list, max_diff: float) -> None:
+    pipe, loop, hf = results["pipeline"], results["loop"], results["hf"]
+    print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{shlex.join(['python', *sys.argv])}`")
+    print(f"bundled:all-minilm-l6-v2 (fresh 2-class head), vLLM pooling runner, float32, max_length "
+          f"{args.max_length}, batch {args.batch_size}; {args.shards} shards x {args.rows:,} rows (command lines "
+          f"and URLs alternating); {args.threads} torch thread(s) per engine (the pipeline's replica has "
+          f"{args.threads} CPUs); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| labelling path | rows | whole call s | rows/s whole call | rows/s steady |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| plain loop: make_teacher + label_shard per shard, 1 process (engine start "
+          f"{loop['engine_start']:.1f} s) | {loop['rows']:,} | {loop['seconds']:.1f} | "
+          f"{loop['rows'] / loop['seconds']:,.0f} | {loop['steady']:,.0f} |")
+    print(f"| Ray Data label_shards, 1 replica (Ray start {pipe['ray_start']:.1f} s, not counted) | "
+          f"{pipe['rows']:,} | {pipe['seconds']:.1f} | {pipe['rows'] / pipe['seconds']:,.0f} | "
+          f"{pipe['steady']:,.0f} |")
+    print(f"| **pipeline / loop** | | | **{(pipe['rows'] / pipe['seconds']) / (loop['rows'] / loop['seconds']):.2f}x**"
+          f" | **{pipe['steady'] / loop['steady']:.2f}x** (goal >= 0.90) |\n")
+    vllm_rate = loop["probs_rows"] / loop["probs_seconds"]
+    hf_rate = hf["probs_rows"] / hf["probs_seconds"]
+    print("| backend: Teacher.probs, same model and rows, after warm-up | rows | s | rows/s | vs HF |")
+    print("|---|---:|---:|---:|---:|")
+    print(f"| Hugging Face transformers | {hf['probs_rows']:,} | {hf['probs_seconds']:.1f} | {hf_rate:,.0f} | 1.00x |")
+    print(f"| vLLM | {loop['probs_rows']:,} | {loop['probs_seconds']:.1f} | {vllm_rate:,.0f} | "
+          f"{vllm_rate / hf_rate:.2f}x |")
+    print(f"\nmax |p_vLLM - p_HF| over all rows and classes: {max_diff:.2e}\n")
+    print("| artifact | labelled rows | input B/row | labelled B/row | added by labelling |")
+    print("|---|---:|---:|---:|---:|")
+    for artifact, rows, before, after in sizes:
+        print(f"| {artifact} | {rows:,} | {before:.1f} | {after:.1f} | {after / before:.2f}x |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="4 shards x 500 rows")
+    parser.add_argument("--shards", type=int, default=8)
+    parser.add_argument("--rows", type=int, default=2_000, help="rows per shard")
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--max-length", type=int, default=128, help="teacher max_length (tokens)")
+    parser.add_argument("--batch-size", type=int, default=64, help="rows per teacher call")
+    parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
+                        help="torch threads of every engine: OMP_NUM_THREADS, and the pipeline replica's CPUs")
+    parser.add_argument("--part", choices=PARTS, help=argparse.SUPPRESS)
+    parser.add_argument("--work", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    apply_env_defaults()
+    if args.part:
+        part = {"pipeline": part_pipeline, "loop": part_loop, "hf": part_hf}[args.part]
+        (args.work / f"{args.part}.json").write_text(json.dumps(part(args.work, args)))
+        return
+    if args.quick:
+        args.shards, args.rows = 4, 500
+    with tempfile.TemporaryDirectory(prefix="bench-labeling-") as tmp:
+        work = Path(tmp)
+        artifacts = write_shards(args.data, work / "shards", args.shards, args.rows)
+        write_teacher(work / "teacher")
+        results = {part: run_part(part, work, args) for part in PARTS}
+        max_diff = float(np.abs(np.load(work / "probs-vllm.npy") - np.load(work / "probs-hf.npy")).max())
+        report(args, results, bytes_per_row(work, artifacts), max_diff)
+
+
+if __name__ == "__main__":
+    main()
