@@ -3,7 +3,7 @@ called in a plain loop (make_teacher + label_shard per shard, one process), vLLM
 same model and rows, and the bytes each labelled row takes on disk.
 
     .venv/bin/python benchmarks/bench_labeling.py --quick     # 4 shards x 500 rows, ~1.5 min on 2 cores
-    .venv/bin/python benchmarks/bench_labeling.py             # 8 shards x 2,000 rows
+    .venv/bin/python benchmarks/bench_labeling.py             # 8 shards x 1,000 rows, ~3 min
 
 The teacher is bundled:all-minilm-l6-v2 with a fresh, seeded 2-class head (benign/malicious): speed does not
 depend on the weights, so it is not fine-tuned. Rows are real: command lines from tldr and NL2Bash, URLs from
@@ -223,7 +223,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 shards x 500 rows")
     parser.add_argument("--shards", type=int, default=8)
-    parser.add_argument("--rows", type=int, default=2_000, help="rows per shard")
+    parser.add_argument("--rows", type=int, default=1_000, help="rows per shard")
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--max-length", type=int, default=128, help="teacher max_length (tokens)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per teacher call")

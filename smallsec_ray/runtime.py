@@ -45,13 +45,16 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     apply_env_defaults()
     if ray.is_initialized():
         return
+    _quiet_ray_data()
     env = {"env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS}}
-    address = address or os.environ.get("RAY_ADDRESS")  # set when we run as a Ray job on a cluster
+    if os.environ.get("RAY_JOB_ID") or (not address and os.environ.get("RAY_ADDRESS")):
+        # Running as a Ray job (`smallsec submit`): the job's runtime_env already holds our settings,
+        # and Ray refuses a second one that repeats them.
+        ray.init(log_to_driver=True)
+        return
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
-        _quiet_ray_data()
         return
-    _quiet_ray_data()
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     # address="local": always a new instance, never a cluster some other process started here.
     ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
