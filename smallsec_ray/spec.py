@@ -284,19 +284,21 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
-    """Validates an already-loaded mapping; raises SpecError with every problem, each with its key path."""
+def parse_spec(raw: dict, source: str = "spec", check_files: bool = True) -> JobSpec:
+    """Validates an already-loaded mapping; raises SpecError with every problem, each with its key path.
+    `check_files=False` skips the checks that input files and folders exist (specs for another machine)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {type(raw).__name__}")
     try:
         spec = JobSpec.model_validate(_expand_env(raw))
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
-    _check_files_exist(spec, source)
+    if check_files:
+        _check_files_exist(spec, source)
     return spec
 
 
-def load_spec(path: str | Path) -> JobSpec:
+def load_spec(path: str | Path, check_files: bool = True) -> JobSpec:
     """Reads a YAML job spec (safe_load only) and validates it."""
     path = Path(path)
     if not path.is_file():
@@ -305,7 +307,7 @@ def load_spec(path: str | Path) -> JobSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(raw, str(path))
+    return parse_spec(raw, str(path), check_files)
 
 
 def _check_files_exist(spec: JobSpec, source: str) -> None:

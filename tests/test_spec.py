@@ -107,3 +107,17 @@ def test_every_key_has_a_description():
     assert len(keys) == len(descriptions) > 60
     assert all(d.strip() for d in descriptions), "a key has an empty description"
     assert "training.zero_stage" in ref
+
+
+def test_shipped_job_specs_are_valid(tmp_path, monkeypatch):
+    from smallsec_ray.data.demo import write_demo_data
+
+    repo = Path(__file__).resolve().parents[1]
+    monkeypatch.chdir(tmp_path)
+    write_demo_data(tmp_path / "demo-data", scale=0.05)
+    local = load_spec(repo / "jobs" / "local" / "distill.yaml")
+    assert local.workload == "distill" and local.output == "runs/distill-local"
+    cluster = load_spec(repo / "jobs" / "cluster" / "distill.yaml", check_files=False)
+    assert cluster.training.use_gpu and cluster.labeling.replicas == (1, 8)
+    for path in (repo / "jobs").rglob("*.yaml"):
+        assert path.read_text().startswith("# "), f"{path} must open with a comment saying what it does"
