@@ -17,7 +17,8 @@ over the time from the first shard's output to the last one's (file mtimes), so 
 left out on both sides alike. The backend rows time Teacher.probs on every text in chunks of --batch-size,
 after a warm-up chunk. Every engine runs --threads torch threads (OMP_NUM_THREADS; the pipeline's replica
 asks Ray for as many CPUs, from which Ray sets the same variable). Numbers swing with other load on the
-machine (on 2 cores, Ray's own processes compete with a 2-thread engine): the load average is printed with them.
+machine (on 2 cores, Ray's own processes compete with a 2-thread engine): each part's 1-minute load average
+before and after is printed with it; compare rates only between parts that ran under similar load.
 """
 
 from __future__ import annotations
@@ -195,23 +196,24 @@ def report(args: argparse.Namespace, results: dict[str, dict], sizes: list, max_
           f"{args.max_length}, batch {args.batch_size}; {args.shards} shards x {args.rows:,} rows (command lines "
           f"and URLs alternating); {args.threads} torch thread(s) per engine (the pipeline's replica has "
           f"{args.threads} CPUs); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| labelling path | rows | whole call s | rows/s whole call | rows/s steady |")
-    print("|---|---:|---:|---:|---:|")
+    print("| labelling path | rows | whole call s | rows/s whole call | rows/s steady | load avg |")
+    print("|---|---:|---:|---:|---:|---|")
     print(f"| plain loop: make_teacher + label_shard per shard, 1 process (engine start "
           f"{loop['engine_start']:.1f} s) | {loop['rows']:,} | {loop['seconds']:.1f} | "
-          f"{loop['rows'] / loop['seconds']:,.0f} | {loop['steady']:,.0f} |")
+          f"{loop['rows'] / loop['seconds']:,.0f} | {loop['steady']:,.0f} | {loop['load']} |")
     print(f"| Ray Data label_shards, 1 replica (Ray start {pipe['ray_start']:.1f} s, not counted) | "
           f"{pipe['rows']:,} | {pipe['seconds']:.1f} | {pipe['rows'] / pipe['seconds']:,.0f} | "
-          f"{pipe['steady']:,.0f} |")
+          f"{pipe['steady']:,.0f} | {pipe['load']} |")
     print(f"| **pipeline / loop** | | | **{(pipe['rows'] / pipe['seconds']) / (loop['rows'] / loop['seconds']):.2f}x**"
-          f" | **{pipe['steady'] / loop['steady']:.2f}x** (goal >= 0.90) |\n")
+          f" | **{pipe['steady'] / loop['steady']:.2f}x** (goal >= 0.90) | |\n")
     vllm_rate = loop["probs_rows"] / loop["probs_seconds"]
     hf_rate = hf["probs_rows"] / hf["probs_seconds"]
-    print("| backend: Teacher.probs, same model and rows, after warm-up | rows | s | rows/s | vs HF |")
-    print("|---|---:|---:|---:|---:|")
-    print(f"| Hugging Face transformers | {hf['probs_rows']:,} | {hf['probs_seconds']:.1f} | {hf_rate:,.0f} | 1.00x |")
+    print("| backend: Teacher.probs, same model and rows, after warm-up | rows | s | rows/s | vs HF | load avg |")
+    print("|---|---:|---:|---:|---:|---|")
+    print(f"| Hugging Face transformers | {hf['probs_rows']:,} | {hf['probs_seconds']:.1f} | {hf_rate:,.0f} | 1.00x "
+          f"| {hf['load']} |")
     print(f"| vLLM | {loop['probs_rows']:,} | {loop['probs_seconds']:.1f} | {vllm_rate:,.0f} | "
-          f"{vllm_rate / hf_rate:.2f}x |")
+          f"{vllm_rate / hf_rate:.2f}x | {loop['load']} (whole loop part) |")
     print(f"\nmax |p_vLLM - p_HF| over all rows and classes: {max_diff:.2e}\n")
     print("| artifact | labelled rows | input B/row | labelled B/row | added by labelling |")
     print("|---|---:|---:|---:|---:|")
@@ -235,7 +237,11 @@ def main() -> None:
     apply_env_defaults()
     if args.part:
         part = {"pipeline": part_pipeline, "loop": part_loop, "hf": part_hf}[args.part]
-        (args.work / f"{args.part}.json").write_text(json.dumps(part(args.work, args)))
+        load_before = os.getloadavg()[0]
+        measured = part(args.work, args)
+        # Other work on the machine skews a part: its 1-minute load average before and after goes with it.
+        measured["load"] = f"{load_before:.1f} -> {os.getloadavg()[0]:.1f}"
+        (args.work / f"{args.part}.json").write_text(json.dumps(measured))
         return
     if args.quick:
         args.shards, args.rows = 4, 500

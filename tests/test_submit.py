@@ -29,7 +29,7 @@ def ray_head(tmp_path_factory):
     """A Ray head with the Jobs API, in its own process group so that the test can stop exactly it
     (`ray stop` would stop every Ray on the machine)."""
     temp_dir = tmp_path_factory.mktemp("rayhead")
-    port, dash = free_port(), free_port()
+    port, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
     # As with an activated venv on a cluster node: the job's `python` is the one with smallsec_ray.
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
@@ -38,7 +38,11 @@ def ray_head(tmp_path_factory):
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true"],
+         f"--temp-dir={temp_dir}", "--include-dashboard=true",
+         # Fixed default agent ports would collide with the test session's own Ray: the head's job
+         # agent would not start and every submission would get "No available agent".
+         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
+         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
