@@ -17,6 +17,26 @@ def shared_data() -> Path:
 
 
 @pytest.fixture(scope="session")
+def cmdlines(shared_data) -> list[str]:
+    """200 real command lines: 100 tldr examples, 100 Atomic Red Team tests."""
+    import pandas as pd
+
+    benign = pd.read_json(shared_data / "cmdline" / "tldr.jsonl.gz", lines=True).text.head(100)
+    malicious = pd.read_json(shared_data / "cmdline" / "atomic_red_team.jsonl", lines=True).text.head(100)
+    return benign.tolist() + malicious.tolist()
+
+
+@pytest.fixture(scope="session")
+def pages(shared_data) -> list[str]:
+    """40 real HTML pages: 20 phishing kit pages, 20 articles."""
+    import pandas as pd
+
+    phishing = pd.read_json(shared_data / "html" / "zphisher_pages.jsonl.gz", lines=True).html.head(20)
+    benign = pd.read_json(shared_data / "html" / "readability_pages.jsonl.gz", lines=True).html.head(20)
+    return phishing.tolist() + benign.tolist()
+
+
+@pytest.fixture(scope="session")
 def ray_local():
     """An embedded Ray for the whole test session (4 logical CPUs on 2 cores, no dashboard)."""
     import ray

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -14,20 +13,6 @@ from smallsec_ray.export import OnnxScorer, export_onnx
 from smallsec_ray.students import build_student
 
 CLASSES = ["benign", "malicious"]
-
-
-@pytest.fixture(scope="module")
-def cmdlines(shared_data) -> list[str]:
-    benign = pd.read_json(shared_data / "cmdline" / "tldr.jsonl.gz", lines=True).text.head(100)
-    malicious = pd.read_json(shared_data / "cmdline" / "atomic_red_team.jsonl", lines=True).text.head(100)
-    return benign.tolist() + malicious.tolist()
-
-
-@pytest.fixture(scope="module")
-def pages(shared_data) -> list[str]:
-    phishing = pd.read_json(shared_data / "html" / "zphisher_pages.jsonl.gz", lines=True).html.head(20)
-    benign = pd.read_json(shared_data / "html" / "readability_pages.jsonl.gz", lines=True).html.head(20)
-    return phishing.tolist() + benign.tolist()
 
 
 def torch_probs(student: torch.nn.Module, ids: np.ndarray) -> np.ndarray:

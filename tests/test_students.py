@@ -6,7 +6,6 @@ import json
 import zlib
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -14,19 +13,6 @@ from smallsec_ray.students import build_from_config, build_student, student_conf
 from smallsec_ray.students.encoders import CharEncoder, HtmlTokenEncoder, encoder_from_config
 
 PARAMETER_RANGES = {"default": (2_500_000, 3_500_000), "small": (100_000, 300_000), "tiny": (1_000, 10_000)}
-
-
-@pytest.fixture(scope="module")
-def cmdlines(shared_data) -> list[str]:
-    benign = pd.read_json(shared_data / "cmdline" / "tldr.jsonl.gz", lines=True).text.head(20)
-    malicious = pd.read_json(shared_data / "cmdline" / "atomic_red_team.jsonl", lines=True).text.head(20)
-    return benign.tolist() + malicious.tolist()
-
-
-@pytest.fixture(scope="module")
-def pages(shared_data) -> list[str]:
-    rows = pd.read_json(shared_data / "html" / "zphisher_pages.jsonl.gz", lines=True)
-    return rows.html.head(8).tolist()
 
 
 def texts_for(model: str, cmdlines: list[str], pages: list[str]) -> list[str]:
