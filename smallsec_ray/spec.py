@@ -36,7 +36,8 @@ class Columns(Section):
     id: list[str] = Field(default_factory=lambda: ["id"], description="Columns holding a stable row id; "
                           "if none exists the id is '<file>:<row number>'.")
     text: list[str] = Field(default_factory=lambda: ["text", "url", "html"],
-                            description="Columns holding the artifact (command line, URL, HTML page).")
+                            description="Columns holding the artifact (command line, URL, HTML page); for "
+                            "pages that also have a visible-text column, put html first.")
     label: list[str] = Field(default_factory=lambda: ["label"],
                              description="Columns holding the class name; null or absent means unlabelled.")
     source: list[str] = Field(default_factory=lambda: ["source"],

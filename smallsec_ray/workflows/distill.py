@@ -143,7 +143,7 @@ def run_evaluate(ctx: StageContext) -> StageOutput:
                           for s in ("finetune_teacher", "train_student", "train_baseline")
                           if "best_epoch" in ctx.outputs_of(s)}}
     job = {"name": spec.name, "workload": spec.workload, "artifact": spec.artifact, "classes": spec.classes,
-           "positive_class": spec.positive_class, "spec": spec.model_dump(mode="json")}
+           "positive_class": spec.positive_class, "resolved_spec": "spec.resolved.json"}
     json_path, md_path = write_report(ctx.run_dir, job, stages, reports, [comparison], audit, extra)
     return StageOutput(counts={"test_rows": test.num_rows, "validation_rows": val.num_rows},
                        outputs={"report_json": json_path.name, "report_md": md_path.name,
