@@ -8,6 +8,7 @@ driver, which assigns whole groups to train/validation/test.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -70,13 +71,16 @@ def _add_split(path: str, assignment: dict[str, str], forced_split: str | None, 
 def _reason_counts(quarantined: pa.Table) -> dict[str, int]:
     if quarantined.num_rows == 0:
         return {}
-    # Reasons carry row specifics after a colon ("line 3: invalid UTF-8 ..."); count by their kind.
     return dict(Counter(_reason_kind(r) for r in quarantined.column(schema.REASON).to_pylist()))
 
 
 def _reason_kind(reason: str) -> str:
-    head, _, tail = reason.partition(": ")
-    return tail.split(" (")[0] if head.startswith("line ") or head.startswith("row ") else reason.split(" (")[0]
+    """A reason without its row specifics, for counting: "line 3: text is 5,242,880 bytes, over ..." ->
+    "text is N bytes, over ...", "label 'x' is not one of [...]" -> "label '…' is not one of"."""
+    kind = re.sub(r"^(line|row) \d+: ", "", reason)
+    kind = re.sub(r"'[^']*'", "'…'", kind)
+    kind = re.sub(r"(?<![\w-])\d[\d,]*", "N", kind)
+    return re.split(r" \(| \[", kind)[0]
 
 
 def run_prepare(ctx: StageContext) -> StageOutput:

@@ -42,6 +42,8 @@ def test_distill_runs_to_a_report_and_a_scoring_model(tmp_path, tiny_classifier,
 
     prepare = json.loads((out / "prepare" / "manifest.json").read_text())["counts"]
     assert prepare["labelled"]["rows_quarantined"] == 3
+    reasons = prepare["labelled"]["quarantine_reasons"]
+    assert reasons["text is empty"] == 1 and reasons["label '…' is not one of"] == 1, reasons
     assert prepare["rows_in"] == prepare["rows_out"] + prepare["rows_quarantined"]
     label = json.loads((out / "label" / "manifest.json").read_text())["counts"]
     assert label["rows_in"] == sum(prepare[part]["rows_out"] for part in ("labelled", "noisy", "test"))
