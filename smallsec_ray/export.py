@@ -181,7 +181,7 @@ def score_file(model_dir: str | Path, path: str | Path, column: str = "text", ou
     else:
         texts = _column_of(path, column)
     scorer = OnnxScorer(model_dir)
-    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # noqa: SIM115 (closed below)
+    out = open(output, "w", encoding="utf-8") if output else sys.stdout  # closed below
     detections = 0
     try:
         for text, score in zip(texts, scorer.score(texts), strict=True):

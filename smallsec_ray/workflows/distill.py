@@ -12,6 +12,7 @@ same test rows (the labelled part's test split plus the test part).
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import numpy as np
@@ -213,8 +214,6 @@ def score_student(folder: Path, texts: list[str], batch_size: int = 512) -> np.n
 
 
 def _events_per_s(model_dir: Path, texts: list[str]) -> float:
-    import time
-
     scorer = OnnxScorer(model_dir, intra_op_num_threads=1)
     scorer.predict_proba(texts[:64])  # warm-up
     start = time.perf_counter()
