@@ -41,7 +41,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallsec_ray.data.schema import CANONICAL_SCHEMA, GROUP, ID, LABEL, SOURCE, TEXT
-from smallsec_ray.labeling import LABELLED, label_shard, label_shards
+from smallsec_ray.labeling import PROBS_DIR, label_shard, label_shards
 from smallsec_ray.runtime import apply_env_defaults
 from smallsec_ray.teachers.backends import make_teacher
 from smallsec_ray.teachers.bundled import resolve_model
@@ -137,8 +137,8 @@ def part_pipeline(work: Path, args: argparse.Namespace) -> dict:
     result = label_shards(shards, str(out), teacher_cfg(work, "vllm", args.max_length), CLASSES, replicas=1,
                           cpus_per_replica=args.threads, batch_size=args.batch_size)
     seconds = time.perf_counter() - started
-    return {"rows": result.rows_labelled, "seconds": seconds, "ray_start": ray_start,
-            "steady": steady_rate([Path(p) for p in result.output_paths])}
+    return {"rows": result.rows.rows_out, "seconds": seconds, "ray_start": ray_start,
+            "steady": steady_rate([Path(s.output) for s in result.shards])}
 
 
 def part_loop(work: Path, args: argparse.Namespace) -> dict:
@@ -182,7 +182,7 @@ def bytes_per_row(work: Path, artifacts: dict[str, str]) -> list[tuple[str, int,
     table = []
     for artifact in ("cmdline", "url"):
         inputs = [Path(p) for p, a in artifacts.items() if a == artifact]
-        outputs = [work / "out-pipeline" / LABELLED / p.name for p in inputs]
+        outputs = [work / "out-pipeline" / PROBS_DIR / p.name for p in inputs]
         rows = sum(pq.read_metadata(p).num_rows for p in outputs)
         table.append((artifact, rows, sum(p.stat().st_size for p in inputs) / rows,
                       sum(p.stat().st_size for p in outputs) / rows))

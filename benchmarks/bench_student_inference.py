@@ -25,7 +25,8 @@ import torch
 from threadpoolctl import threadpool_limits
 
 from smallsec_ray.export import OnnxScorer, export_onnx
-from smallsec_ray.students import build_student
+from smallsec_ray.students import build_student, student_config
+from smallsec_ray.students.folder import Lineage, ModelConfig
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 PRESETS = ("default", "small", "tiny")
@@ -81,8 +82,9 @@ def bench_preset(model_name: str, preset: str, texts: list[str], batch_sizes: Se
                  peak: float, workdir: Path) -> list[str]:
     student, encoder = build_student(model_name, preset, len(CLASSES))
     student.eval()
-    export = export_onnx(student, encoder, workdir / f"{model_name}-{preset}", CLASSES, {"malicious": 0.5},
-                         texts[:64])
+    config = ModelConfig(student_config(student), encoder.config(), CLASSES, Lineage(job="bench"),
+                         thresholds={"malicious": 0.5})
+    export = export_onnx(student, config, workdir / f"{model_name}-{preset}", texts[:64])
     scorer = OnnxScorer(export.model_dir, intra_op_num_threads=1, batch_size=max(batch_sizes))
 
     def torch_score(batch: Sequence[str]) -> np.ndarray:

@@ -23,10 +23,10 @@ Typical use:
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from smallsec_ray.spec import load_spec
-    from smallsec_ray.workflows import stages_for
+    from smallsec_ray.job import load_job
+    from smallsec_ray.workloads import stages_for
 
-    spec = load_spec(args.spec, check_files=not args.skip_file_checks)
+    spec = load_job(args.spec, check_files=not args.skip_file_checks)
     stages = stages_for(spec)
     print(json.dumps(spec.model_dump(mode="json"), indent=2))
     print(f"\n{args.spec}: valid. Workload {spec.workload}: stages " + " -> ".join(s.name for s in stages),
@@ -42,10 +42,9 @@ def _cmd_spec_reference(args: argparse.Namespace) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from smallsec_ray.job import run_job
-    from smallsec_ray.spec import load_spec
+    from smallsec_ray.job import load_job, run_job
 
-    spec = load_spec(args.spec)
+    spec = load_job(args.spec)
     if args.output:
         spec = spec.model_copy(update={"output": args.output})
     run_job(spec, force_from=args.from_stage, until=args.until)
@@ -56,7 +55,7 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from smallsec_ray.runtime import submit_job
     from smallsec_ray.spec import load_spec
 
-    load_spec(args.spec)  # fail here, not on the cluster
+    load_spec(args.spec)  # schema errors fail here, not on the cluster (its files live on the cluster)
     extra = []
     for flag, value in (("--from", args.from_stage), ("--until", args.until), ("--output", args.output)):
         if value:
@@ -156,7 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("score", help="score a file of artifacts with an exported student (ONNX Runtime)",
                        description="Score every row of FILE (a text file with one artifact per line, or a "
                        "JSONL/CSV/Parquet shard) with the exported model in MODEL_DIR, as an endpoint would.")
-    p.add_argument("model_dir", help="folder written by the export stage (model.onnx, config.json)")
+    p.add_argument("model_dir", help="a shipped student model folder, as the export stage writes it "
+                   "(<run>/export/model: model.onnx, config.json)")
     p.add_argument("file", help="artifacts to score")
     p.add_argument("--column", default="text", help="column holding the artifact in JSONL/CSV/Parquet input")
     p.add_argument("--output", help="write scores as JSONL here (default: print to stdout)")

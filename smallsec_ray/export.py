@@ -1,13 +1,16 @@
-"""Exported students: a folder with `model.onnx` and `config.json`, and a scorer that reads it.
+"""Shipping a student: the ONNX graph with a parity check, added to its model folder, and a scorer that
+needs ONNX Runtime alone.
 
-The folder is all a user needs to score events (Magika's shape): the encoder config turns text into
-ids, the ONNX graph turns ids into class probabilities, and the stored thresholds turn those into
-detections. Export checks that ONNX Runtime and PyTorch agree on real rows before it returns.
+An exported folder is a student model folder (students/folder.py) with `model.onnx` and the detection
+thresholds in its config: the encoder config turns text into ids, the graph turns ids into class
+probabilities, and the thresholds turn those into detections. Export checks that ONNX Runtime and
+PyTorch agree on real rows before it writes the folder; the folder can still be trained further.
 """
 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import sys
 import warnings
@@ -21,21 +24,17 @@ import torch
 from torch import nn
 
 from smallsec_ray.errors import DataError, StageError
-from smallsec_ray.students import student_config
-from smallsec_ray.students.encoders import Encoder, encoder_from_config
+from smallsec_ray.students.encoders import encoder_from_config
+from smallsec_ray.students.folder import ONNX_FILE, ModelConfig, OnnxInfo, read_config, save_model
 
 # LayerNormalization became a standard op in opset 17; ONNX Runtime 1.20+ runs it.
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
-MODEL_FILE, CONFIG_FILE = "model.onnx", "config.json"
-FORMAT = "smallsec-student/1"
 
 
 @dataclass(frozen=True)
 class ExportResult:
     model_dir: Path
-    onnx_path: Path
-    config_path: Path
     parity_rows: int
     max_abs_diff: float  # largest |p_onnx - p_torch| over parity rows and classes
 
@@ -58,18 +57,19 @@ class _Probabilities(nn.Module):
         return torch.softmax(self.student(ids), dim=-1)
 
 
-def export_onnx(model: nn.Module, encoder: Encoder, out_dir: str | Path, class_names: Sequence[str],
-                thresholds: dict[str, float], parity_texts: Sequence[str]) -> ExportResult:
-    """Writes `out_dir/model.onnx` (input `ids` int64 [batch, L], output `probs` float32 [batch, C]) and
-    `out_dir/config.json`; raises StageError if ONNX and torch probabilities on `parity_texts` differ
-    by more than 1e-4. `model` is the plain student (unwrap DDP/DeepSpeed first); it is not modified.
-    `thresholds` maps positive class names to the probability at which a row counts as a detection."""
-    _check_export_args(model, class_names, thresholds, parity_texts)
+def export_onnx(model: nn.Module, config: ModelConfig, out_dir: str | Path,
+                parity_texts: Sequence[str]) -> ExportResult:
+    """Writes the model folder `out_dir` (weights, config with thresholds and ONNX details, and
+    model.onnx: input `ids` int64 [batch, L], output `probs` float32 [batch, C]); raises StageError if
+    ONNX and torch probabilities on `parity_texts` differ by more than 1e-4. `model` is the plain
+    student (unwrap DDP/DeepSpeed first); it is not modified. config.thresholds maps positive class
+    names to the probability at which a row counts as a detection."""
+    _check_export_args(model, config, parity_texts)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    onnx_path, config_path = out_dir / MODEL_FILE, out_dir / CONFIG_FILE
+    onnx_path = out_dir / ONNX_FILE
     graph = _Probabilities(copy.deepcopy(model)).float().cpu().eval()
-    ids = encoder.encode(list(parity_texts))
+    ids = encoder_from_config(config.encoder).encode(list(parity_texts))
     with warnings.catch_warnings():
         # The TorchScript exporter is deprecated in favour of the dynamo one, which needs onnxscript
         # (not a dependency); the TorchScript one handles these graphs exactly.
@@ -83,21 +83,15 @@ def export_onnx(model: nn.Module, encoder: Encoder, out_dir: str | Path, class_n
     got = _in_batches(lambda batch: session.run(["probs"], {"ids": batch})[0], ids)
     max_abs_diff = float(np.abs(got - expected).max())
     if not max_abs_diff <= PARITY_TOLERANCE:  # also catches NaN
-        raise StageError(f"export: {onnx_path} disagrees with the torch model on {len(ids)} parity rows "
+        onnx_path.unlink()
+        raise StageError(f"export: the ONNX graph disagrees with the torch model on {len(ids)} parity rows "
                          f"(max |p_onnx - p_torch| = {max_abs_diff:.3g} > {PARITY_TOLERANCE}); the graph "
-                         "holds an op the exporter translates wrongly; do not ship this folder")
-    config = {
-        "format": FORMAT,
-        "student": student_config(model),
-        "encoder": encoder.config(),
-        "classes": list(class_names),
-        "thresholds": dict(thresholds),
-        "onnx": {"file": MODEL_FILE, "opset": OPSET, "input": "ids", "output": "probs"},
-        "parity": {"rows": len(ids), "max_abs_diff": max_abs_diff, "tolerance": PARITY_TOLERANCE,
-                   "torch": torch.__version__, "onnxruntime": ort.__version__},
-    }
-    config_path.write_text(json.dumps(config, indent=2) + "\n", encoding="utf-8")
-    return ExportResult(out_dir, onnx_path, config_path, len(ids), max_abs_diff)
+                         "holds an op the exporter translates wrongly; do not ship this model")
+    onnx = OnnxInfo(file=ONNX_FILE, opset=OPSET, input="ids", output="probs", parity_rows=len(ids),
+                    max_abs_diff=max_abs_diff, tolerance=PARITY_TOLERANCE,
+                    versions={"torch": torch.__version__, "onnxruntime": ort.__version__})
+    save_model(out_dir, model.state_dict(), dataclasses.replace(config, onnx=onnx))
+    return ExportResult(out_dir, len(ids), max_abs_diff)
 
 
 class OnnxScorer:
@@ -107,17 +101,18 @@ class OnnxScorer:
     def __init__(self, model_dir: str | Path, intra_op_num_threads: int | None = None,
                  batch_size: int = 256) -> None:
         model_dir = Path(model_dir)
-        config_path = model_dir / CONFIG_FILE
+        config = read_config(model_dir)
+        if config.onnx is None:
+            raise DataError(f"{model_dir}: a trained student without its ONNX export; score the folder the "
+                            "export stage wrote (<run>/export/model)")
+        self.classes = list(config.classes)
+        self.thresholds = dict(config.thresholds)
         try:
-            config = json.loads(config_path.read_text(encoding="utf-8"))
-            self.classes: list[str] = list(config["classes"])
-            self.thresholds: dict[str, float] = dict(config["thresholds"])
-            self.encoder = encoder_from_config(config["encoder"])
-            onnx_path = model_dir / config["onnx"]["file"]
+            self.encoder = encoder_from_config(config.encoder)
             self._threshold_columns = [(self.classes.index(c), float(t)) for c, t in self.thresholds.items()]
-        except (OSError, ValueError, KeyError, TypeError) as err:
-            raise DataError(f"{config_path}: not a readable exported student config ({err}); "
-                            "point at a folder written by export_onnx") from None
+        except ValueError as err:
+            raise DataError(f"{model_dir}: its config does not hold together ({err}); export it again") from None
+        onnx_path = model_dir / config.onnx.file
         if not onnx_path.is_file():
             raise DataError(f"{onnx_path}: missing; the exported student folder is incomplete, export again")
         self.session = _session(onnx_path, intra_op_num_threads)
@@ -152,8 +147,8 @@ def _session(onnx_path: Path, intra_op_num_threads: int | None) -> ort.Inference
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def _check_export_args(model: nn.Module, class_names: Sequence[str], thresholds: dict[str, float],
-                       parity_texts: Sequence[str]) -> None:
+def _check_export_args(model: nn.Module, config: ModelConfig, parity_texts: Sequence[str]) -> None:
+    class_names, thresholds = config.classes, config.thresholds
     num_classes = getattr(model, "num_classes", None)
     if num_classes != len(class_names):
         raise StageError(f"export: the student has {num_classes} outputs but {len(class_names)} class names "
@@ -201,7 +196,7 @@ def _column_of(path: Path, column: str) -> list[str]:
     from smallsec_ray.spec import Columns
 
     shard = read_shard(str(path), Columns(text=[column]))
-    if shard.rows_quarantined:
-        print(f"{path}: {shard.rows_quarantined:,} rows not scored (unreadable, empty or oversized)",
+    if shard.rows.rows_quarantined:
+        print(f"{path}: {shard.rows.rows_quarantined:,} rows not scored (unreadable, empty or oversized)",
               file=sys.stderr)
     return shard.good.column("text").to_pylist()

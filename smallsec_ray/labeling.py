@@ -11,9 +11,11 @@ and writes one output shard, under a temporary name renamed into place once comp
   and rows never pass through the driver, so the pipeline keeps the engine's own rate; what Ray adds
   is a fixed start-up cost and the spread of shards over replicas.
 
-Layout under `out_dir`: `labelled/NAME.parquet` (input columns + probs + truncated) and, for rows set
+Layout under `out_dir`: `probs/NAME.parquet` (input columns + probs + truncated) and, for rows set
 aside (no text; over max_length with on_too_long="quarantine"), `quarantine/NAME.parquet` (input
 columns + reason). Rows in = rows labelled + rows quarantined, for every shard.
+
+Each replica posts its rows to the job's console as it goes (a progress line with rows/s and ETA).
 """
 
 from __future__ import annotations
@@ -22,9 +24,11 @@ import json
 import os
 import time
 import uuid
+from collections.abc import Callable
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import pyarrow as pa
@@ -33,20 +37,23 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
+from smallsec_ray import console
+from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.schema import META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
 from smallsec_ray.errors import DataError, StageError
-from smallsec_ray.runtime import init_ray
 from smallsec_ray.teachers.backends import Teacher, make_teacher, teacher_identity
 
 OnTooLong = Literal["truncate", "quarantine"]
-LABELLED, QUARANTINE = "labelled", "quarantine"
+PROBS_DIR, QUARANTINE = "probs", "quarantine"
 DERIVED = (PROBS, TRUNCATED, REASON)  # columns a previous labelling round added; replaced, not kept
 # Identity fields that do not change the probabilities: a rerun may differ in them.
-IDENTITY_FREE = ("model", "backend")
+IDENTITY_FREE = ("model", "backend", "device", "engine")
 
 
 @dataclass
-class ShardResult:
+class ShardLabels:
+    """One input shard and its labelled output."""
+
     input: str
     output: str
     quarantine: str | None
@@ -57,26 +64,24 @@ class ShardResult:
     skipped: bool = False  # labelled by an earlier run
     seconds: float = 0.0
 
+    @property
+    def rows(self) -> RowCounts:
+        return RowCounts(self.rows_in, self.rows_labelled, self.rows_quarantined)
+
 
 @dataclass
-class LabelResult:
+class LabelRun:
+    """What `label_shards` did: every shard, in input order."""
+
     out_dir: str
     classes: list[str]
     teacher: dict
-    shards: list[ShardResult] = field(default_factory=list)
+    shards: list[ShardLabels] = field(default_factory=list)
     seconds: float = 0.0
 
     @property
-    def rows_in(self) -> int:
-        return sum(s.rows_in for s in self.shards)
-
-    @property
-    def rows_labelled(self) -> int:
-        return sum(s.rows_labelled for s in self.shards)
-
-    @property
-    def rows_quarantined(self) -> int:
-        return sum(s.rows_quarantined for s in self.shards)
+    def rows(self) -> RowCounts:
+        return sum((s.rows for s in self.shards), RowCounts())
 
     @property
     def rows_truncated(self) -> int:
@@ -88,34 +93,22 @@ class LabelResult:
         fresh = sum(s.rows_in for s in self.shards if not s.skipped)
         return fresh / self.seconds if self.seconds else 0.0
 
-    @property
-    def output_paths(self) -> list[str]:
-        return [s.output for s in self.shards]
-
-    @property
-    def quarantine_paths(self) -> list[str]:
-        return [s.quarantine for s in self.shards if s.quarantine]
-
-    def to_dict(self) -> dict:
-        """For the stage manifest: totals first, then every shard."""
-        return {"rows_in": self.rows_in, "rows_labelled": self.rows_labelled,
-                "rows_quarantined": self.rows_quarantined, "rows_truncated": self.rows_truncated,
-                "rows_per_s": self.rows_per_s, **asdict(self)}
-
 
 def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classes: list[str],
                  replicas: int | tuple[int, int] = 1, cpus_per_replica: float = 1.0,
                  gpus_per_replica: float = 0.0, batch_size: int = 64,
-                 on_too_long: OnTooLong = "truncate") -> LabelResult:
+                 on_too_long: OnTooLong = "truncate") -> LabelRun:
     """Labels every input shard whose output is missing, with `replicas` teacher actors (a fixed count, or
     (min, max) for an autoscaling pool), and returns the row accounting of all shards.
 
     `teacher_cfg` holds the job spec's teacher keys (kind, backend, model, max_length, dtype,
-    prompt_template, verbalizers) and the artifact type. Ray starts embedded unless it is running
-    (runtime.init_ray); on a cluster `out_dir` must be a filesystem every node writes to.
+    prompt_template, verbalizers, engine) and the artifact type. Ray must be up; on a cluster `out_dir`
+    must be a filesystem every node writes to. Replicas with GPUs run vLLM's GPU settings, the others
+    its CPU ones (runtime.CPU_ENGINE_ENV).
     """
     started = time.monotonic()
-    teacher_args = _teacher_args(teacher_cfg, classes)
+    device = "cuda" if gpus_per_replica > 0 else "cpu"
+    teacher_args = _teacher_args({**teacher_cfg, "device": device}, classes)
     identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
     out = Path(out_dir)
     plan = _output_paths(input_paths, out)
@@ -125,18 +118,22 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     results = {s: _finished_shard(s, plan[s], classes, identity) for s in done}
     _remove_leftovers(out, [plan[s] for s in pending])
     if pending:
-        init_ray()
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
             ShardLabeller, batch_size=1, compute=_actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None,
-            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out),
-                                   "batch_size": batch_size, "on_too_long": on_too_long})
-        for row in labelled.take_all():
-            # Ray hands back numpy scalars; the result must hold plain values (it becomes JSON).
-            plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
-            results[plain["input"]] = ShardResult(**plain)
-    result = LabelResult(str(out), list(classes), identity, [results[s] for s in input_paths])
+            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "batch_size": batch_size,
+                                   "on_too_long": on_too_long, "relay": console.relay()})
+        total_rows = sum(pq.read_metadata(s).num_rows for s in pending)
+        progress = console.current()
+        with progress.track("label", total_rows, len(pending)) if progress else nullcontext() as tracker:
+            for row in labelled.iter_rows():
+                # Ray hands back numpy scalars; the result must hold plain values (it becomes JSON).
+                plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
+                results[plain["input"]] = ShardLabels(**plain)
+                if tracker:
+                    tracker.shard_done()
+    result = LabelRun(str(out), list(classes), identity, [results[s] for s in input_paths])
     result.seconds = time.monotonic() - started
     _check_accounting(result)
     return result
@@ -160,24 +157,28 @@ def _actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrate
 class ShardLabeller:
     """A Ray Data actor holding one teacher; each call labels whole shards and returns their accounting."""
 
-    def __init__(self, teacher_args: dict, out_dir: str, batch_size: int, on_too_long: OnTooLong) -> None:
+    def __init__(self, teacher_args: dict, out_dir: str, batch_size: int, on_too_long: OnTooLong,
+                 relay: Any = None) -> None:
         self.teacher = make_teacher(**teacher_args)
         self.out_dir = Path(out_dir)
         self.batch_size = batch_size
         self.on_too_long = on_too_long
+        self.relay = relay
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        rows = [asdict(label_shard(self.teacher, str(path), self.out_dir, self.batch_size, self.on_too_long))
+        rows = [asdict(label_shard(self.teacher, str(path), self.out_dir, self.batch_size, self.on_too_long,
+                                   lambda n: console.post_rows(self.relay, n)))
                 for path in batch["path"]]
         return {key: [row[key] for row in rows] for key in rows[0]}
 
 
 def label_shard(teacher: Teacher, source: str, out_dir: Path, batch_size: int = 64,
-                on_too_long: OnTooLong = "truncate") -> ShardResult:
-    """Labels one shard with a loaded teacher: writes labelled/NAME.parquet (and quarantine/NAME.parquet
-    when rows are set aside), each renamed into place once complete, quarantine first."""
+                on_too_long: OnTooLong = "truncate", on_rows: Callable[[int], None] | None = None) -> ShardLabels:
+    """Labels one shard with a loaded teacher: writes probs/NAME.parquet (and quarantine/NAME.parquet
+    when rows are set aside), each renamed into place once complete, quarantine first. `on_rows` hears
+    of every batch done (progress)."""
     started = time.monotonic()
-    target = out_dir / LABELLED / Path(source).name
+    target = out_dir / PROBS_DIR / Path(source).name
     quarantine_target = out_dir / QUARANTINE / Path(source).name
     quarantine_target.unlink(missing_ok=True)  # left by an attempt that died before its labelled shard
     reader = _open_shard(source)
@@ -196,13 +197,15 @@ def label_shard(teacher: Teacher, source: str, out_dir: Path, batch_size: int = 
             good, bad = _label_batch(teacher, table, on_too_long)
             labelled.write(good)
             quarantined.write(bad)
+            if on_rows:
+                on_rows(table.num_rows)
         labelled.ensure_open()  # an empty shard still gets its (empty) output: it is done
         quarantined.commit()
         labelled.commit()
     finally:
         labelled.discard()
         quarantined.discard()
-    return ShardResult(source, str(target), str(quarantine_target) if quarantined.rows else None, rows_in,
+    return ShardLabels(source, str(target), str(quarantine_target) if quarantined.rows else None, rows_in,
                        labelled.rows, quarantined.rows, labelled.truncated, seconds=time.monotonic() - started)
 
 
@@ -280,10 +283,10 @@ def _output_paths(input_paths: list[str], out: Path) -> dict[str, Path]:
             raise DataError(f"{source} and {names[name]} have the same file name; labelled shards are named "
                             "after their input, so give each input shard a distinct name")
         names[name] = source
-    return {source: out / LABELLED / Path(source).name for source in input_paths}
+    return {source: out / PROBS_DIR / Path(source).name for source in input_paths}
 
 
-def _finished_shard(source: str, target: Path, classes: list[str], identity: dict) -> ShardResult:
+def _finished_shard(source: str, target: Path, classes: list[str], identity: dict) -> ShardLabels:
     """The accounting of a shard an earlier run labelled, after checking it used the same teacher."""
     meta = pq.read_metadata(target)
     kv = meta.metadata or {}
@@ -297,7 +300,7 @@ def _finished_shard(source: str, target: Path, classes: list[str], identity: dic
     quarantine = target.parent.parent / QUARANTINE / target.name
     rows_quarantined = pq.read_metadata(quarantine).num_rows if quarantine.is_file() else 0
     truncated = pc.sum(pq.read_table(target, columns=[TRUNCATED])[TRUNCATED]).as_py() or 0
-    return ShardResult(source, str(target), str(quarantine) if quarantine.is_file() else None,
+    return ShardLabels(source, str(target), str(quarantine) if quarantine.is_file() else None,
                        pq.read_metadata(source).num_rows, meta.num_rows, rows_quarantined, truncated, skipped=True)
 
 
@@ -309,8 +312,9 @@ def _remove_leftovers(out: Path, targets: list[Path]) -> None:
                 tmp.unlink(missing_ok=True)
 
 
-def _check_accounting(result: LabelResult) -> None:
+def _check_accounting(result: LabelRun) -> None:
     for shard in result.shards:
-        if shard.rows_in != shard.rows_labelled + shard.rows_quarantined:
-            raise StageError(f"{shard.input}: {shard.rows_in} rows in but {shard.rows_labelled} labelled + "
-                             f"{shard.rows_quarantined} quarantined; delete {shard.output} and label again")
+        try:
+            shard.rows.check(shard.input)
+        except StageError as err:
+            raise StageError(f"{err}; delete {shard.output} and label again") from None

@@ -10,21 +10,22 @@ from __future__ import annotations
 
 import re
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from smallsec_ray.data import schema
+from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.io import expand_paths, read_shard, write_parquet_atomic
 from smallsec_ray.data.noise import inject_label_noise
 from smallsec_ray.data.splits import assign_splits, split_table
 from smallsec_ray.errors import DataError
 from smallsec_ray.spec import DataSpec
-from smallsec_ray.stages import StageContext, StageOutput
+from smallsec_ray.stages import StageContext
 
 PARTS = ("labelled", "noisy", "unlabelled", "test")
 
@@ -45,9 +46,7 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
         "input": path,
         "output": out_path,
         "quarantine": quarantine_path if shard.quarantined.num_rows else None,
-        "rows_in": shard.rows_in,
-        "rows_out": shard.rows_out,
-        "rows_quarantined": shard.rows_quarantined,
+        "rows": shard.rows,
         "reasons": _reason_counts(shard.quarantined),
         "groups": shard.good.column(schema.GROUP).to_pylist(),
         "labels": shard.good.column(schema.LABEL).to_pylist(),
@@ -83,7 +82,38 @@ def _reason_kind(reason: str) -> str:
     return re.split(r" \(| \[", kind)[0]
 
 
-def run_prepare(ctx: StageContext) -> StageOutput:
+@dataclass
+class PreparedPart:
+    """One part of the input (labelled, noisy, unlabelled, test) after prepare."""
+
+    shards: list[str]  # prepared Parquet shards, relative to the run folder
+    quarantine: list[str]  # quarantine shards (rows set aside, each with its reason)
+    rows: RowCounts
+    by_split: dict[str, int]
+    by_label: dict[str, int]
+    quarantine_reasons: dict[str, int]  # reason kind -> rows
+
+
+@dataclass
+class SkippedFile:
+    file: str
+    reason: str
+
+
+@dataclass
+class PreparedData:
+    """The prepare stage's result: canonical Parquet shards with a split column, per part."""
+
+    parts: dict[str, PreparedPart]
+    rows: RowCounts
+    groups: dict[str, int]  # groups per split
+    files_skipped: list[SkippedFile] = field(default_factory=list)
+
+    def shards(self, *parts: str) -> list[str]:
+        return [shard for part in parts for shard in self.parts[part].shards]
+
+
+def run_prepare(ctx: StageContext) -> PreparedData:
     spec, data = ctx.spec, ctx.spec.data
     jobs: dict[str, list] = {part: [] for part in PARTS}
     for part in PARTS:
@@ -94,7 +124,7 @@ def run_prepare(ctx: StageContext) -> StageOutput:
             jobs[part].append(_read_and_validate.remote(path, str(out), str(quarantine), data, spec.classes))
     shards = {part: ray.get(refs) for part, refs in jobs.items()}
 
-    skipped = [s for part in PARTS for s in shards[part] if "skipped" in s]
+    skipped = [SkippedFile(s["input"], s["skipped"]) for part in PARTS for s in shards[part] if "skipped" in s]
     read = {part: [s for s in shards[part] if "skipped" not in s] for part in PARTS}
 
     # Whole groups go to one split; groups of an explicit test set are test everywhere.
@@ -115,38 +145,17 @@ def run_prepare(ctx: StageContext) -> StageOutput:
     }
     split_counts = {part: ray.get(refs) for part, refs in split_refs.items()}
 
-    counts: dict[str, Any] = {"rows_in": 0, "rows_out": 0, "rows_quarantined": 0}
-    outputs: dict[str, Any] = {"quarantine": []}
+    parts = {}
     for part in PARTS:
-        block = {k: sum(s[k] for s in read[part]) for k in ("rows_in", "rows_out", "rows_quarantined")}
-        block["by_split"] = dict(sum((Counter(c) for c in split_counts[part]), Counter()))
-        block["by_label"] = dict(Counter(str(lbl) for s in read[part] for lbl in s["labels"]))
-        block["quarantine_reasons"] = dict(sum((Counter(s["reasons"]) for s in read[part]), Counter()))
-        block["shards"] = len(read[part])
-        counts[part] = block
-        for k in ("rows_in", "rows_out", "rows_quarantined"):
-            counts[k] += block[k]
-        outputs[part] = [_rel(s["output"], ctx.run_dir) for s in read[part]]
-        outputs["quarantine"] += [_rel(s["quarantine"], ctx.run_dir) for s in read[part] if s["quarantine"]]
-    counts["files_skipped"] = [{"file": s["input"], "reason": s["skipped"]} for s in skipped]
-    counts["groups"] = {split: n for split, n in Counter(assignment.values()).items()}
-    return StageOutput(counts=counts, outputs=outputs)
-
-
-def prepared_paths(ctx: StageContext, part: str) -> list[str]:
-    """Absolute paths of the prepared shards of one part (labelled, noisy, unlabelled, test)."""
-    return [str(ctx.run_dir / p) for p in ctx.outputs_of("prepare")[part]]
-
-
-def read_prepared(ctx: StageContext, parts: tuple[str, ...], split: str | None = None) -> pa.Table:
-    """The prepared rows of some parts, optionally one split, as one table (for small driver-side work)."""
-    tables = [pq.read_table(p) for part in parts for p in prepared_paths(ctx, part)]
-    if not tables:
-        return pa.table({c: pa.array([], pa.string()) for c in (*schema.CANONICAL, schema.SPLIT)})
-    table = pa.concat_tables(tables, promote_options="permissive")
-    if split is not None:
-        table = table.filter(pc.equal(table.column(schema.SPLIT), split))
-    return table
+        parts[part] = PreparedPart(
+            shards=[ctx.relative(s["output"]) for s in read[part]],
+            quarantine=[ctx.relative(s["quarantine"]) for s in read[part] if s["quarantine"]],
+            rows=sum((s["rows"] for s in read[part]), RowCounts()),
+            by_split=dict(sum((Counter(c) for c in split_counts[part]), Counter())),
+            by_label=dict(Counter(str(label) for s in read[part] for label in s["labels"])),
+            quarantine_reasons=dict(sum((Counter(s["reasons"]) for s in read[part]), Counter())))
+    return PreparedData(parts=parts, rows=sum((p.rows for p in parts.values()), RowCounts()),
+                        groups=dict(Counter(assignment.values())), files_skipped=skipped)
 
 
 def _stem(path: str) -> str:
@@ -156,5 +165,3 @@ def _stem(path: str) -> str:
     return "".join(c if c.isalnum() or c in "-_" else "_" for c in name)[:60]
 
 
-def _rel(path: str, run_dir: Path) -> str:
-    return str(Path(path).relative_to(run_dir))

@@ -5,7 +5,6 @@ from __future__ import annotations
 import logging
 import os
 import shlex
-import sys
 import time
 
 import ray
@@ -15,11 +14,6 @@ import ray.data
 RUNTIME_ENV_VARS = {
     # Ray Data packs small Parquet files into 128 MiB read tasks: one task would label every shard.
     "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(1 << 20),
-    # vLLM on CPU: a bounded KV cache (default takes 0.9 of RAM), no torch.compile warm-up,
-    # engine in the calling process (starts in seconds).
-    "VLLM_CPU_KVCACHE_SPACE": "1",
-    "TORCH_COMPILE_DISABLE": "1",
-    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -29,43 +23,57 @@ RUNTIME_ENV_VARS = {
 }
 
 
-def apply_env_defaults() -> None:
-    """Sets the environment defaults above unless the user set them already."""
-    for key, value in RUNTIME_ENV_VARS.items():
+# vLLM on a replica without a GPU: a bounded KV cache (the default takes 0.9 of RAM), no torch.compile
+# warm-up, the engine in the calling process (starts in seconds). GPU replicas keep vLLM's defaults
+# (CUDA graphs, the engine in its own process).
+CPU_ENGINE_ENV = {
+    "VLLM_CPU_KVCACHE_SPACE": "1",
+    "TORCH_COMPILE_DISABLE": "1",
+    "VLLM_ENABLE_V1_MULTIPROCESSING": "0",
+}
+
+
+def apply_env_defaults(device: str | None = None) -> None:
+    """Sets the environment defaults above unless the user set them already; with device="cpu" also
+    the CPU engine's (call before vLLM is imported: it reads them at import)."""
+    for key, value in {**RUNTIME_ENV_VARS, **(CPU_ENGINE_ENV if device == "cpu" else {})}.items():
         os.environ.setdefault(key, value)
 
 
-def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> None:
+def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard: bool = False) -> bool:
     """Starts an embedded Ray (address None) or joins an existing cluster; no-op if Ray is already up.
+    Called by the CLI and `run_job` only: library functions use the Ray their caller started.
 
     The embedded Ray gets at least 4 logical CPUs: on a 2-core machine actors and train workers with
-    fractional CPUs otherwise wait forever for resources (a silent hang).
+    fractional CPUs otherwise wait forever for resources (a silent hang). Returns whether this call
+    started or joined Ray (False when it was up already).
     """
     apply_env_defaults()
     if ray.is_initialized():
-        return
+        return False
     _quiet_ray_data()
     env = {"env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS}}
     if os.environ.get("RAY_JOB_ID") or (not address and os.environ.get("RAY_ADDRESS")):
         # Running as a Ray job (`smallsec submit`): the job's runtime_env already holds our settings,
         # and Ray refuses a second one that repeats them.
         ray.init(log_to_driver=True)
-        return
+        return True
     if address:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
-        return
+        return True
     cpus = num_cpus or max(4, os.cpu_count() or 1)
     # address="local": always a new instance, never a cluster some other process started here.
     ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              runtime_env=env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+    return True
 
 
 def _quiet_ray_data() -> None:
-    """Ray Data logs a progress table every few seconds when stdout is not a terminal; keep bars on a
-    terminal, and only warnings in logs (SMALLSEC_VERBOSE=1 keeps everything)."""
+    """Ray Data's progress bars and tables would hide the job's own progress line; only warnings in
+    the log (SMALLSEC_VERBOSE=1 keeps everything)."""
     if os.environ.get("SMALLSEC_VERBOSE") == "1":
         return
-    ray.data.DataContext.get_current().enable_progress_bars = sys.stdout.isatty()
+    ray.data.DataContext.get_current().enable_progress_bars = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)
     logging.getLogger("ray.train").setLevel(logging.WARNING)
 

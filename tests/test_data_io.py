@@ -33,7 +33,7 @@ def _reasons(result) -> dict[str, str]:
 
 
 def _accounted(result) -> bool:
-    return result.rows_in == result.rows_out + result.rows_quarantined == \
+    return result.rows_in == result.rows.rows_out + result.rows.rows_quarantined == \
         result.good.num_rows + result.quarantined.num_rows
 
 
@@ -77,7 +77,7 @@ def test_reads_real_jsonl_into_canonical_columns(shared_data, name):
     records = _json_lines(path)
     result = read_shard(str(path), CMDLINE_COLUMNS, classes=CLASSES)
 
-    assert result.rows_in == result.rows_out == len(records) and result.rows_quarantined == 0
+    assert result.rows_in == result.rows.rows_out == len(records) and result.rows.rows_quarantined == 0
     good = result.good
     assert good.column_names[:5] == ["id", "text", "label", "source", "group"]
     assert good.column("text").to_pylist() == [r["text"] for r in records]
@@ -107,7 +107,7 @@ def test_reads_real_csv_with_url_mapped_to_text(shared_data):
     result = read_shard(str(path), Columns(text=["url"]), classes=CLASSES)
     expected = pacsv.read_csv(path)
 
-    assert result.rows_in == result.rows_out == expected.num_rows == 6410
+    assert result.rows_in == result.rows.rows_out == expected.num_rows == 6410
     assert result.good.column("text").to_pylist() == expected.column("url").to_pylist()
     assert set(result.good.column("label").to_pylist()) == {"benign"}
     assert result.good.column("source")[0].as_py() == "tldr_doc_links"  # the file stem: no source column
@@ -124,7 +124,7 @@ def test_parquet_round_trip_keeps_rows_columns_and_metadata(shared_data, tmp_pat
     assert [p.name for p in out.parent.iterdir()] == ["atomic.parquet"]  # no temporary left behind
     assert read_parquet_meta(str(out))[b"smallsec.classes"] == meta[b"smallsec.classes"]
     again = read_shard(str(out), CMDLINE_COLUMNS, classes=CLASSES)
-    assert again.format == "parquet" and again.rows_quarantined == 0
+    assert again.format == "parquet" and again.rows.rows_quarantined == 0
     assert again.good.select(["id", "text", "label", "group", "technique_id", "placeholders"]).equals(
         source.good.select(["id", "text", "label", "group", "technique_id", "placeholders"]))
 
@@ -155,7 +155,7 @@ def test_canonical_named_column_not_chosen_is_kept_as_input_column(shared_data):
 def test_forced_format_reads_any_file_name(tmp_path):
     path = tmp_path / "rows.txt"
     path.write_text('{"text": "ls"}\n')
-    assert read_shard(str(path), Columns(), fmt="jsonl").rows_out == 1
+    assert read_shard(str(path), Columns(), fmt="jsonl").rows.rows_out == 1
     with pytest.raises(DataError, match=f"{re.escape(str(path))}: cannot tell the format .* set data.format"):
         read_shard(str(path), Columns())
 
@@ -222,7 +222,7 @@ def test_max_rows_counts_bad_rows_too(tmp_path):
     path = tmp_path / "few.jsonl"
     path.write_bytes(b'{"text": "a"}\nnot json\n{"text": "b"}\n{"text": "c"}\n')
     result = read_shard(str(path), Columns(), max_rows=3)
-    assert (result.rows_in, result.rows_out, result.rows_quarantined) == (3, 2, 1)
+    assert (result.rows_in, result.rows.rows_out, result.rows.rows_quarantined) == (3, 2, 1)
 
 
 def _truncated_parquet(path: Path, shared_data: Path) -> None:

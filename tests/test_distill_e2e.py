@@ -1,67 +1,116 @@
 """The distill workload end to end, small: tiny teacher and student, a few hundred rows, real Ray Data,
-vLLM, Ray Train and DeepSpeed; then the exported student scores a file as an endpoint would."""
+vLLM, Ray Train and DeepSpeed; the console a person reads; then a second job continues the shipped
+student and the result scores a file as an endpoint would."""
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import yaml
 
 from smallsec_ray.cli import main
 from smallsec_ray.data.demo import write_demo_data
+from smallsec_ray.students.folder import read_config
 
-pytestmark = pytest.mark.timeout(1200)
+pytestmark = pytest.mark.timeout(1500)
+
+RAY_INTERNALS = ("PlacementGroupCleaner", "TrainingReport", "core_worker", "SplitCoordinator", "RayTrainWorker",
+                 "(raylet)", "Traceback")
 
 
-def test_distill_runs_to_a_report_and_a_scoring_model(tmp_path, tiny_classifier, ray_local, capsys):
-    write_demo_data(tmp_path / "data", seed=1, scale=0.15)
-    # A shard with bad rows: they must be quarantined with a reason, and counted.
-    bad = tmp_path / "data" / "cmdline" / "labelled" / "bad.jsonl"
-    bad.write_bytes(b'{"text": "", "label": "benign"}\n{"text": "ls \xff", "label": "benign"}\n'
-                    b'{"text": "whoami", "label": "evil"}\n')
-    out = tmp_path / "run"
+def distill_spec(data: Path, out: Path, teacher: str, **overrides) -> dict:
     spec = {
         "name": "e2e", "workload": "distill", "artifact": "cmdline",
-        "data": {"labelled": [str(tmp_path / "data/cmdline/labelled")],
-                 "noisy": [str(tmp_path / "data/cmdline/noisy")],
-                 "test": [str(tmp_path / "data/cmdline/test")],
-                 "split": {"validation": 0.25, "test": 0.0}},
-        "teacher": {"model": str(tiny_classifier), "max_length": 64,
+        "data": {"labelled": [str(data / "cmdline/labelled")], "noisy": [str(data / "cmdline/noisy")],
+                 "test": [str(data / "cmdline/test")], "split": {"validation": 0.25, "test": 0.0}},
+        "teacher": {"model": teacher, "max_length": 64,
                     "finetune": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}},
-        "labeling": {"cpus_per_replica": 0.5},
+        "labeling": {"cpus_per_replica": 0.5, "batch_size": 16},
         "student": {"model": "char_cnn", "preset": "tiny"},
-        "training": {"zero_stage": 2, "workers": 2, "epochs": 2, "batch_size": 64},
+        "training": {"epochs": 2, "batch_size": 64, "scaling": {"zero_stage": 2, "workers": 2}},
         "evaluation": {"fprs": [0.05], "group_by": ["source", "platform"], "audit_top_k": 20},
+        "resources": {"num_cpus": 4},
         "output": str(out),
     }
+    spec.update(overrides)
+    return spec
+
+
+def result_of(run: Path, stage: str) -> dict:
+    return json.loads((run / stage / "manifest.json").read_text())["result"]
+
+
+def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_path, tiny_classifier, ray_local,
+                                                                         capsys):
+    data = tmp_path / "data"
+    write_demo_data(data, seed=1, scale=0.15)
+    # A shard with bad rows: they must be quarantined with a reason, and counted.
+    (data / "cmdline" / "labelled" / "bad.jsonl").write_bytes(
+        b'{"text": "", "label": "benign"}\n{"text": "ls \xff", "label": "benign"}\n'
+        b'{"text": "whoami", "label": "evil"}\n')
+    out = tmp_path / "run"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(spec))
+    spec_path.write_text(yaml.safe_dump(distill_spec(data, out, str(tiny_classifier))))
 
-    assert main(["run", str(spec_path)]) == 0
-    printed = capsys.readouterr().out
+    # As a user runs it, output to a pipe: the console shows stages, epochs and labelling progress;
+    # Ray's, vLLM's and DeepSpeed's own lines go to the run's log.
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SMALLSEC_VERBOSE")}
+    proc = subprocess.run([sys.executable, "-m", "smallsec_ray.cli", "run", str(spec_path)], env=env,
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + (out / "job.log").read_text()[-5000:]
+    printed = proc.stdout
+    assert f"log {out / 'job.log'}" in printed.splitlines()[0]
     assert "[7/7] evaluate: done" in printed
+    assert "train_student: epoch 2/2" in printed and "finetune_teacher: epoch 1/1" in printed
+    assert "label: 0/" in printed or "label: 1/" in printed, printed  # the labelling progress line
+    assert not any(noise in printed for noise in RAY_INTERNALS), printed
+    assert proc.stderr.strip() == "", proc.stderr[-2000:]
+    assert "PlacementGroupCleaner" in (out / "job.log").read_text() or "Ray" in (out / "job.log").read_text()
 
-    prepare = json.loads((out / "prepare" / "manifest.json").read_text())["counts"]
-    assert prepare["labelled"]["rows_quarantined"] == 3
-    reasons = prepare["labelled"]["quarantine_reasons"]
+    prepare = result_of(out, "prepare")
+    labelled = prepare["parts"]["labelled"]
+    assert labelled["rows"]["rows_quarantined"] == 3
+    reasons = labelled["quarantine_reasons"]
     assert reasons["text is empty"] == 1 and reasons["label '…' is not one of"] == 1, reasons
-    assert prepare["rows_in"] == prepare["rows_out"] + prepare["rows_quarantined"]
-    label = json.loads((out / "label" / "manifest.json").read_text())["counts"]
-    assert label["rows_in"] == sum(prepare[part]["rows_out"] for part in ("labelled", "noisy", "test"))
-    assert label["rows_in"] == label["rows_out"] + label["rows_quarantined"]
+    label = result_of(out, "label")
+    scored = ("labelled", "noisy", "test")
+    assert label["rows"]["rows_in"] == sum(prepare["parts"][p]["rows"]["rows_out"] for p in scored)
 
     report = json.loads((out / "report.json").read_text())
-    names = [m["name"] for m in report["models"]]
-    assert names == ["teacher", "baseline student", "distilled student"]
+    assert [m["name"] for m in report["models"]] == ["teacher", "baseline student", "distilled student"]
     assert len({m["overall"]["n"] for m in report["models"]}) == 1  # the same test rows for all three
     assert (out / "plots" / "roc.png").stat().st_size > 10_000
     assert "![ROC curves](plots/roc.png)" in (out / "report.md").read_text()
 
-    export = json.loads((out / "export" / "manifest.json").read_text())["outputs"]
+    export = result_of(out, "export")
     assert export["parity_max_abs_diff"] <= 1e-4
-    model_dir = out / export["model_dir"]
+    shipped = out / export["model_dir"]
+    config = read_config(shipped)
+    assert config.lineage.job == "e2e" and config.lineage.teacher[0]["kind"] == "classifier"
+    assert set(config.thresholds) == {"malicious"} and config.onnx is not None
+
+    # A second job continues the shipped student on the same data (teacher already fine-tuned), in
+    # this process, on the session's Ray.
+    teacher = out / result_of(out, "finetune_teacher")["model"]
+    more = tmp_path / "more"
+    spec2 = distill_spec(data, more, str(teacher), name="e2e-continued",
+                         student={"init_from": str(shipped)}, training={"epochs": 1, "batch_size": 64})
+    spec2["teacher"]["finetune"] = {"enabled": False}
+    spec2_path = tmp_path / "job2.yaml"
+    spec2_path.write_text(yaml.safe_dump(spec2))
+    capsys.readouterr()
+    assert main(["run", str(spec2_path)]) == 0
+    continued = more / result_of(more, "export")["model_dir"]
+    assert read_config(continued).lineage.parent["job"] == "e2e"
+    assert read_config(continued).architecture == config.architecture
+
     artifacts = tmp_path / "artifacts.txt"
     artifacts.write_text("ls -la /tmp\npowershell -enc SQBFAFgA\n")
-    assert main(["score", str(model_dir), str(artifacts)]) == 0
+    capsys.readouterr()
+    assert main(["score", str(continued), str(artifacts)]) == 0
     scored = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     assert len(scored) == 2 and all(set(s["probabilities"]) == {"benign", "malicious"} for s in scored)
 

@@ -4,13 +4,15 @@ chance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 import torch
 from safetensors import safe_open
 from tiny_models import make_tiny_classifier
 from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-from smallsec_ray.spec import FinetuneSpec, TrainingSpec
+from smallsec_ray.spec import FinetuneSpec
 from smallsec_ray.teachers.finetune import finetune_teacher
 
 CLASSES = ["benign", "malicious"]
@@ -45,11 +47,12 @@ def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_loc
                                                                          precision):
     train, val = rows
     teacher = make_tiny_classifier(tmp_path / "tiny", CLASSES)
-    training = TrainingSpec(strategy="deepspeed", zero_stage=zero_stage, precision=precision, workers=2,
-                            cpus_per_worker=1.0, early_stopping_patience=0)
-    folder = finetune_teacher(teacher, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),
-                              FinetuneSpec(epochs=3, batch_size=32, learning_rate=1e-3), training, max_length=64,
-                              out_dir=tmp_path / "out")
+    finetune = FinetuneSpec(epochs=3, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
+                            scaling={"strategy": "deepspeed", "zero_stage": zero_stage, "precision": precision,
+                                     "workers": 2, "cpus_per_worker": 1.0})
+    trained = finetune_teacher(teacher, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),
+                               finetune, max_length=64, out_dir=tmp_path / "out")
+    folder = Path(trained.model_dir)
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     config = AutoModelForSequenceClassification.from_pretrained(folder).config
     assert config.id2label == {0: "benign", 1: "malicious"}  # by our class order, not the base model's

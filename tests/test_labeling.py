@@ -79,23 +79,23 @@ def test_rerun_after_a_crash_labels_each_row_once(ray_local, shards, tiny_classi
     # A first run that died after two shards (HF backend, one replica) ...
     first = label_shards(shards[:2], str(out), _teacher_cfg(tiny_classifier, "hf"), TINY_CLASSES, replicas=1,
                          cpus_per_replica=0.5, batch_size=16, on_too_long="quarantine")
-    assert first.rows_in == 2 * ROWS_PER_SHARD
+    assert first.rows.rows_in == 2 * ROWS_PER_SHARD
     # ... and was killed while writing the third: its temporary files and quarantine shard are left over.
-    leftover_tmp = out / "labelled" / ".part-00002.parquet.dead0001.tmp"
+    leftover_tmp = out / "probs" / ".part-00002.parquet.dead0001.tmp"
     leftover_tmp.write_bytes(b"partial")
     stale_quarantine = out / "quarantine" / "part-00002.parquet"
-    stale_quarantine.write_bytes(Path(first.quarantine_paths[0]).read_bytes())
+    stale_quarantine.write_bytes(Path(first.shards[0].quarantine).read_bytes())
 
     result = label_shards(shards, str(out), _teacher_cfg(tiny_classifier, "vllm"), TINY_CLASSES,
                           replicas=(1, 2), cpus_per_replica=0.5, batch_size=16, on_too_long="quarantine")
 
     assert [s.skipped for s in result.shards] == [True, True, False, False]
     inputs = _read_all(shards)
-    labelled = _read_all(result.output_paths)
-    quarantined = _read_all(result.quarantine_paths)
+    labelled = _read_all([s.output for s in result.shards])
+    quarantined = _read_all([s.quarantine for s in result.shards if s.quarantine])
     ids = labelled[ID].to_pylist() + quarantined[ID].to_pylist()
     assert sorted(ids) == sorted(inputs[ID].to_pylist())  # every row once: none lost, none twice
-    assert result.rows_in == len(inputs) == result.rows_labelled + result.rows_quarantined
+    assert result.rows.rows_in == len(inputs) == result.rows.rows_out + result.rows.rows_quarantined
     for shard in result.shards:
         assert shard.rows_in == shard.rows_labelled + shard.rows_quarantined
     assert not list(out.rglob("*.tmp"))
@@ -117,7 +117,7 @@ def test_rerun_after_a_crash_labels_each_row_once(ray_local, shards, tiny_classi
     probs = np.array(labelled[PROBS].to_pylist(), np.float32)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, atol=1e-6)
     np.testing.assert_allclose(probs, hf.probs(labelled[TEXT].to_pylist()), atol=1e-4)
-    for path in result.output_paths:
+    for path in [s.output for s in result.shards]:
         meta = pq.read_schema(path).metadata
         assert json.loads(meta[META_CLASSES]) == TINY_CLASSES
         teacher = json.loads(meta[META_TEACHER])

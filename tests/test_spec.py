@@ -7,6 +7,7 @@ import yaml
 
 from smallsec_ray.cli import main
 from smallsec_ray.errors import SpecError
+from smallsec_ray.job import check_inputs, load_job
 from smallsec_ray.spec import load_spec, parse_spec, spec_reference
 
 
@@ -26,29 +27,30 @@ def minimal(shard: Path, **overrides) -> dict:
 
 def errors_of(raw: dict) -> str:
     with pytest.raises(SpecError) as err:
-        parse_spec(raw, "job.yaml")
+        check_inputs(parse_spec(raw, "job.yaml"), "job.yaml")
     return str(err.value)
 
 
 def test_minimal_spec_fills_documented_defaults(shard):
     spec = parse_spec(minimal(shard))
-    assert spec.training.strategy == "deepspeed"
+    assert spec.training.scaling.strategy == "deepspeed"
+    assert spec.teacher.finetune.learning_rate == 5e-5 and spec.teacher.finetune.schedule == "linear"
     assert spec.teacher.model == "bundled:all-minilm-l6-v2"
     assert spec.classes == ["benign", "malicious"]
 
 
 def test_misspelt_key_names_its_path_and_the_allowed_keys(shard):
-    raw = minimal(shard, training={"zero_stag": 2})
+    raw = minimal(shard, training={"scaling": {"zero_stag": 2}})
     msg = errors_of(raw)
-    assert "training.zero_stag: unknown key" in msg
+    assert "training.scaling.zero_stag: unknown key" in msg
     assert "zero_stage" in msg  # the allowed keys are listed
 
 
 def test_wrong_type_and_bad_enum_are_reported_together(shard):
-    raw = minimal(shard, training={"zero_stage": 5, "epochs": "three"})
+    raw = minimal(shard, training={"scaling": {"zero_stage": 5}, "epochs": "three"})
     msg = errors_of(raw)
     assert "2 error(s)" in msg
-    assert "training.zero_stage" in msg and "0, 1, 2 or 3" in msg
+    assert "training.scaling.zero_stage" in msg and "0, 1, 2 or 3" in msg
     assert "training.epochs" in msg and "'three'" in msg
 
 
@@ -106,7 +108,8 @@ def test_every_key_has_a_description():
     descriptions = [e for e in entries if e.startswith("    ")]
     assert len(keys) == len(descriptions) > 60
     assert all(d.strip() for d in descriptions), "a key has an empty description"
-    assert "training.zero_stage" in ref
+    assert "training.scaling.zero_stage" in ref and "teacher.finetune.scaling.zero_stage" in ref
+    assert "(int or null; default null)" in ref and "optional" not in ref
 
 
 def test_shipped_job_specs_are_valid(tmp_path, monkeypatch):
@@ -115,9 +118,32 @@ def test_shipped_job_specs_are_valid(tmp_path, monkeypatch):
     repo = Path(__file__).resolve().parents[1]
     monkeypatch.chdir(tmp_path)
     write_demo_data(tmp_path / "demo-data", scale=0.05)
-    local = load_spec(repo / "jobs" / "local" / "distill.yaml")
+    local = load_job(repo / "jobs" / "local" / "distill.yaml")
     assert local.workload == "distill" and local.output == "runs/distill-local"
-    cluster = load_spec(repo / "jobs" / "cluster" / "distill.yaml", check_files=False)
-    assert cluster.training.use_gpu and cluster.labeling.replicas == (1, 8)
+    cluster = load_spec(repo / "jobs" / "cluster" / "distill.yaml")
+    assert cluster.training.scaling.gpus_per_worker == 1 and cluster.labeling.replicas == (1, 8)
+    assert cluster.teacher.finetune.scaling.zero_stage == 3 and cluster.training.scaling.strategy == "ddp"
     for path in (repo / "jobs").rglob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path} must open with a comment saying what it does"
+
+
+def test_teacher_fine_tuning_and_student_training_have_their_own_scaling(shard):
+    spec = parse_spec(minimal(shard, training={"scaling": {"workers": 4}},
+                              teacher={"finetune": {"scaling": {"zero_stage": 3, "precision": "bf16"}}}))
+    assert spec.training.scaling.workers == 4 and spec.teacher.finetune.scaling.workers == 2
+    assert spec.teacher.finetune.scaling.zero_stage == 3 and spec.training.scaling.zero_stage == 1
+    assert "offload needs" in errors_of(minimal(shard, training={"scaling": {"strategy": "ddp",
+                                                                             "offload": "optimizer"}}))
+
+
+def test_a_teacher_model_uri_is_refused_by_validate(shard):
+    assert "teacher.model: 's3://bucket/model' is a URI" in errors_of(minimal(shard, teacher={"model": "s3://bucket/model"}))
+
+
+def test_importing_the_spec_imports_no_data_module():
+    import subprocess
+    import sys
+
+    code = "import sys, smallsec_ray.spec; print(sorted(m for m in sys.modules if m.startswith('smallsec_ray')))"
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "smallsec_ray.data" not in loaded and "smallsec_ray.spec" in loaded

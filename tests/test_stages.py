@@ -1,12 +1,20 @@
-"""The stage runner: complete stages are skipped on rerun, changed inputs and --from rerun, rows add up."""
+"""The stage runner: complete stages are skipped on rerun, a changed key reruns exactly the stages that
+read it (and those that take their results), --from reruns, rows add up, results come back typed."""
 
+import dataclasses
+import json
+import types
+import typing
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.errors import StageError
 from smallsec_ray.spec import parse_spec
-from smallsec_ray.stages import Stage, StageOutput, run_stages
+from smallsec_ray.stages import Stage, StageContext, run_stages
+from smallsec_ray.workloads.distill import STAGES as DISTILL
 
 
 @pytest.fixture
@@ -17,40 +25,53 @@ def spec(tmp_path: Path):
                        "data": {"labelled": [str(shard)]}, "output": str(tmp_path / "run")})
 
 
+@dataclass
+class Counted:
+    rows: RowCounts
+    calls: int
+
+
 def recording_stages(calls: list[str], fail_in: str | None = None) -> list[Stage]:
     def make(name: str):
-        def run(ctx):
+        def run(ctx: StageContext, **inputs: Counted) -> Counted:
             calls.append(name)
             (ctx.stage_dir / "partial").write_text("x")
             if name == fail_in:
                 raise RuntimeError("worker died")
-            return StageOutput(counts={"rows_in": 3, "rows_out": 2, "rows_quarantined": 1}, outputs={"n": len(calls)})
+            assert all(isinstance(v, Counted) for v in inputs.values())  # results come back typed
+            return Counted(RowCounts(3, 2, 1), len(calls))
         return run
 
-    return [Stage("a", make("a"), reads=("data",)), Stage("b", make("b"), reads=("student",)),
-            Stage("c", make("c"), reads=("evaluation",))]
+    return [Stage("a", make("a"), reads=("data",)), Stage("b", make("b"), reads=("student",), inputs={"x": "a"}),
+            Stage("c", make("c"), reads=("evaluation",), inputs={"x": "b"})]
 
 
-def test_rerun_skips_complete_stages(spec):
+def quiet(_: str) -> None:
+    pass
+
+
+def test_rerun_skips_complete_stages_and_reads_results_back_typed(spec):
     calls: list[str] = []
-    run_stages(spec, recording_stages(calls), Path(spec.output), echo=lambda _: None)
-    manifests = run_stages(spec, recording_stages(calls), Path(spec.output), echo=lambda _: None)
+    run_stages(spec, recording_stages(calls), Path(spec.output), echo=quiet)
+    results = run_stages(spec, recording_stages(calls), Path(spec.output), echo=quiet)
     assert calls == ["a", "b", "c"]
-    assert manifests["c"]["counts"]["rows_in"] == 3
+    assert results["c"] == Counted(RowCounts(3, 2, 1), 3)
 
 
-def test_changed_section_reruns_that_stage_and_the_ones_after(spec):
+def test_changed_key_reruns_that_stage_and_the_ones_using_its_result(spec):
     calls: list[str] = []
-    run_stages(spec, recording_stages(calls), Path(spec.output), echo=lambda _: None)
+    run_stages(spec, recording_stages(calls), Path(spec.output), echo=quiet)
     changed = spec.model_copy(update={"student": spec.student.model_copy(update={"preset": "tiny"})})
-    run_stages(changed, recording_stages(calls), Path(spec.output), echo=lambda _: None)
+    lines: list[str] = []
+    run_stages(changed, recording_stages(calls), Path(spec.output), echo=lines.append)
     assert calls == ["a", "b", "c", "b", "c"]
+    assert any("b: running (changed: student)" in line for line in lines)
 
 
 def test_force_from_reruns_from_that_stage(spec):
     calls: list[str] = []
-    run_stages(spec, recording_stages(calls), Path(spec.output), echo=lambda _: None)
-    run_stages(spec, recording_stages(calls), Path(spec.output), force_from="b", echo=lambda _: None)
+    run_stages(spec, recording_stages(calls), Path(spec.output), echo=quiet)
+    run_stages(spec, recording_stages(calls), Path(spec.output), force_from="b", echo=quiet)
     assert calls == ["a", "b", "c", "b", "c"]
     with pytest.raises(StageError, match="'z' is not a stage"):
         run_stages(spec, recording_stages(calls), Path(spec.output), force_from="z")
@@ -59,7 +80,7 @@ def test_force_from_reruns_from_that_stage(spec):
 def test_a_stage_that_died_resumes_with_its_partial_outputs(spec):
     calls: list[str] = []
     with pytest.raises(RuntimeError):
-        run_stages(spec, recording_stages(calls, fail_in="b"), Path(spec.output), echo=lambda _: None)
+        run_stages(spec, recording_stages(calls, fail_in="b"), Path(spec.output), echo=quiet)
     stage_b = Path(spec.output) / "b"
     assert (stage_b / "partial").exists() and not (stage_b / "manifest.json").exists()
     lines: list[str] = []
@@ -69,9 +90,86 @@ def test_a_stage_that_died_resumes_with_its_partial_outputs(spec):
 
 
 def test_lost_rows_fail_the_stage(spec):
-    def leaky(ctx):
-        return StageOutput(counts={"rows_in": 10, "rows_out": 8, "rows_quarantined": 1})
+    def leaky(ctx: StageContext) -> Counted:
+        return Counted(RowCounts(10, 8, 1), 0)
 
     with pytest.raises(StageError, match="rows were lost"):
-        run_stages(spec, [Stage("leaky", leaky, reads=())], Path(spec.output), echo=lambda _: None)
+        run_stages(spec, [Stage("leaky", leaky, reads=())], Path(spec.output), echo=quiet)
     assert not (Path(spec.output) / "leaky" / "manifest.json").exists()
+
+
+def test_a_stage_graph_reading_an_unknown_key_is_refused(spec):
+    with pytest.raises(StageError, match="'training.alpha' is not a job spec key"):
+        run_stages(spec, [Stage("s", lambda ctx: None, reads=("training.alpha",))], Path(spec.output), echo=quiet)
+
+
+# ---------------------------------------------------------------- the distill workload's own graph
+
+
+def placeholder(cls: type) -> object:
+    """An instance of a result dataclass with empty values (a stand-in for a real stage's result)."""
+    hints = typing.get_type_hints(cls)
+    return cls(**{f.name: _empty(hints[f.name]) for f in dataclasses.fields(cls)})
+
+
+def _empty(kind: object) -> object:
+    origin = typing.get_origin(kind)
+    if origin in (typing.Union, types.UnionType):
+        return None
+    if dataclasses.is_dataclass(kind):
+        return placeholder(kind)
+    return (origin or kind)()
+
+
+def stand_ins(calls: list[str]) -> list[Stage]:
+    """The distill stages with their real reads and inputs, running cheap stand-ins that record calls."""
+    def make(stage: Stage):
+        def run(ctx: StageContext, **inputs: object) -> object:
+            calls.append(stage.name)
+            return placeholder(stage.result_type)
+        return run
+
+    return [_with_run(stage, make(stage)) for stage in DISTILL]
+
+
+def _with_run(stage: Stage, run) -> Stage:
+    run.__annotations__ = {"return": stage.result_type}
+    return dataclasses.replace(stage, run=run)
+
+
+# One key edited at a time in a finished run -> the stages that must run again.
+EDITS = [
+    ({"distillation": {"alpha": 0.9}}, ["train_student", "export", "evaluate"]),
+    ({"training": {"epochs": 9}}, ["train_student", "train_baseline", "export", "evaluate"]),
+    ({"training": {"scaling": {"zero_stage": 2}}}, ["train_student", "train_baseline", "export", "evaluate"]),
+    ({"teacher": {"finetune": {"epochs": 7}}}, ["finetune_teacher", "label", "train_student", "export", "evaluate"]),
+    ({"teacher": {"finetune": {"scaling": {"workers": 1}}}},
+     ["finetune_teacher", "label", "train_student", "export", "evaluate"]),
+    ({"teacher": {"dtype": "bfloat16"}}, ["label", "train_student", "export", "evaluate"]),
+    ({"labeling": {"on_too_long": "quarantine"}}, ["label", "train_student", "export", "evaluate"]),
+    ({"labeling": {"replicas": 3, "cpus_per_replica": 0.5}}, []),
+    ({"teacher": {"engine": {"max_num_seqs": 8}}}, []),
+    ({"resources": {"num_cpus": 8}}, []),
+    ({"student": {"preset": "tiny"}}, ["train_student", "train_baseline", "export", "evaluate"]),
+    ({"evaluation": {"fprs": [0.05]}}, ["export", "evaluate"]),
+    ({"evaluation": {"group_by": ["platform"]}}, ["evaluate"]),
+    ({"data": {"split": {"seed": 3}}}, [s.name for s in DISTILL]),
+]
+
+
+def _merged(base: dict, edit: dict) -> dict:
+    out = dict(base)
+    for key, value in edit.items():
+        out[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+    return out
+
+
+@pytest.mark.parametrize(("edit", "rerun"), EDITS, ids=[json.dumps(e) for e, _ in EDITS])
+def test_editing_one_key_reruns_only_the_stages_it_affects(spec, edit, rerun):
+    calls: list[str] = []
+    run_stages(spec, stand_ins(calls), Path(spec.output), echo=quiet)
+    assert calls == [s.name for s in DISTILL]
+    edited = parse_spec(_merged(spec.model_dump(mode="json"), edit))
+    calls.clear()
+    run_stages(edited, stand_ins(calls), Path(spec.output), echo=quiet)
+    assert calls == rerun

@@ -81,5 +81,7 @@ def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, cap
     assert "submitted job" in printed and "ray job logs" in printed
     assert code == 0, printed[-3000:]
     manifest = json.loads((out / "prepare" / "manifest.json").read_text())
-    assert manifest["counts"]["rows_in"] == 200
-    assert manifest["counts"]["rows_out"] + manifest["counts"]["rows_quarantined"] == 200
+    rows = manifest["result"]["rows"]
+    assert rows["rows_in"] == 200 and rows["rows_out"] + rows["rows_quarantined"] == 200
+    # The job's log (what `ray job logs` shows) has the stage lines, not Ray's own.
+    assert "[1/7] prepare: done" in printed and "(raylet)" not in printed

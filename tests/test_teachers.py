@@ -17,7 +17,7 @@ import torch
 from conftest import TINY_CLASSES
 
 from smallsec_ray.errors import SpecError, StageError
-from smallsec_ray.runtime import RUNTIME_ENV_VARS
+from smallsec_ray.runtime import CPU_ENGINE_ENV, RUNTIME_ENV_VARS
 from smallsec_ray.teachers.backends import DEFAULT_TEMPLATE, make_teacher, weights_fingerprint
 from smallsec_ray.teachers.bundled import resolve_model
 from smallsec_ray.teachers.prompts import build_prompt, fences
@@ -58,7 +58,8 @@ VLLM_SCRIPT = textwrap.dedent("""
 def vllm_results(tiny_classifier, tiny_causal_lm, tmp_path_factory) -> dict:
     out = tmp_path_factory.mktemp("vllm") / "result.npz"
     args = json.dumps([str(tiny_classifier), str(tiny_causal_lm), str(out), TEXTS, TINY_CLASSES, MAX_LENGTH])
-    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, args], env={**os.environ, **RUNTIME_ENV_VARS},
+    env = {**os.environ, **RUNTIME_ENV_VARS, **CPU_ENGINE_ENV}
+    proc = subprocess.run([sys.executable, "-c", VLLM_SCRIPT, args], env=env,
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return dict(np.load(out))

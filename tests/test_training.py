@@ -11,8 +11,9 @@ import pytest
 import torch
 
 from smallsec_ray.errors import DataError
-from smallsec_ray.spec import StudentSpec, TrainingSpec
-from smallsec_ray.training.trainer import EncodeBatch, StudentTask, load_student, train_student
+from smallsec_ray.spec import DistillationSpec, StudentSpec, TrainingSpec
+from smallsec_ray.students.folder import Lineage, ModelConfig, load_model
+from smallsec_ray.training.trainer import EncodeBatch, StudentTask, train_student
 
 CLASSES = ["benign", "malicious"]
 SOURCES = {"atomic_red_team.jsonl": 450, "gtfobins.jsonl": 350, "tldr.jsonl.gz": 600, "nl2bash.jsonl": 600}
@@ -33,15 +34,16 @@ def rows(shared_data):
 
 
 def accuracy_without_ray(folder, val: pd.DataFrame) -> tuple[float, list[str]]:
-    model, encoder, classes = load_student(folder)
+    model, encoder, config = load_model(folder)
     with torch.no_grad():
         predicted = model(torch.from_numpy(encoder.encode(list(val["text"])))).argmax(dim=1).numpy()
-    return float(np.mean(np.array(classes)[predicted] == val["label"].to_numpy())), classes
+    return float(np.mean(np.array(config.classes)[predicted] == val["label"].to_numpy())), config.classes
 
 
-def spec(**overrides) -> TrainingSpec:
-    base = dict(strategy="deepspeed", zero_stage=2, workers=2, cpus_per_worker=1.0, epochs=3, batch_size=64,
-                learning_rate=3e-3, early_stopping_patience=0, max_failures=1)
+def spec(scaling: dict | None = None, **overrides) -> TrainingSpec:
+    base = dict(epochs=3, batch_size=64, learning_rate=3e-3, early_stopping_patience=0,
+                scaling={"strategy": "deepspeed", "zero_stage": 2, "workers": 2, "cpus_per_worker": 1.0,
+                         "max_failures": 1, **(scaling or {})})
     return TrainingSpec(**{**base, **overrides})
 
 
@@ -51,8 +53,9 @@ def trained(ray_local, rows, tmp_path_factory):
     train, val = rows
     train = train.assign(probs=[[0.9, 0.1] if label == "benign" else [0.1, 0.9] for label in train["label"]])
     out = tmp_path_factory.mktemp("student")
-    result = train_student(spec(), StudentSpec(preset="tiny"), CLASSES, ray_local.data.from_pandas(train),
-                           ray_local.data.from_pandas(val), out)
+    result = train_student(spec(), StudentSpec(preset="tiny"), CLASSES,
+                           ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), out,
+                           distillation=DistillationSpec(alpha=0.5), lineage=Lineage(job="unit"))
     return result, out
 
 
@@ -61,16 +64,17 @@ def test_deepspeed_two_workers_learns_and_saves_a_plain_model_folder(trained, ro
     result, out = trained
     _, val = rows
     majority = val["label"].value_counts(normalize=True).max()
-    best = result.metrics[result.best_epoch - 1]
-    assert [m["epoch"] for m in result.metrics] == [1, 2, 3]
-    assert best["val_loss"] == min(m["val_loss"] for m in result.metrics)
+    best = result.epochs[result.best_epoch - 1]
+    assert [m["epoch"] for m in result.epochs] == [1, 2, 3]
+    assert best["val_loss"] == min(m["val_loss"] for m in result.epochs)
     assert best["val_accuracy"] > majority + 0.15, (best, majority)
     assert result.samples_per_s > 0
     # The saved folder is the best epoch's model, and it scores the same without Ray.
-    accuracy, classes = accuracy_without_ray(result.checkpoint_dir, val)
+    accuracy, classes = accuracy_without_ray(result.model_dir, val)
     assert classes == CLASSES
     assert accuracy == pytest.approx(best["val_accuracy"], abs=0.01)
-    assert result.checkpoint_dir == out / "model"
+    assert result.model_dir == str(out / "model") and result.train_rows == len(rows[0])
+    assert load_model(result.model_dir)[2].lineage.job == "unit"
 
 
 @pytest.mark.timeout(300)
@@ -79,15 +83,17 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, row
     marker = tmp_path / "worker-killed"
     steps_per_epoch = math.ceil(len(train) / 2 / 64)  # 13: each worker gets half the rows
     # Checkpoints after epoch 1 (step 13) and at steps 5, 10, 15; a worker dies at step 16.
-    result = train_student(spec(epochs=2, checkpoint_every_steps=5), StudentSpec(preset="tiny"), CLASSES,
+    # With a warmup and cosine decay: the schedule's state is part of the checkpoint it resumes from.
+    result = train_student(spec(epochs=2, checkpoint_every_steps=5, schedule="cosine", warmup=0.2),
+                           StudentSpec(preset="tiny"), CLASSES,
                            ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path / "out",
-                           drill={"step": steps_per_epoch + 3, "marker": str(marker)})
+                           distillation=DistillationSpec(), drill={"step": steps_per_epoch + 3, "marker": str(marker)})
     assert marker.exists(), "the drill did not kill a worker"
-    assert [m["epoch"] for m in result.metrics] == [1, 2]
+    assert [m["epoch"] for m in result.epochs] == [1, 2]
     # The restarted group resumed mid-epoch 2 from the step-15 checkpoint, not from scratch, and skipped
     # the 2 batches of epoch 2 it had already trained on.
-    assert [m["resumed_at_step"] for m in result.metrics] == [0, 15]
-    assert result.metrics[-1]["global_step"] == 2 * steps_per_epoch
+    assert [m["resumed_at_step"] for m in result.epochs] == [0, 15]
+    assert result.epochs[-1]["global_step"] == 2 * steps_per_epoch
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
 
 
@@ -95,19 +101,24 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, row
 def test_continued_training_starts_from_the_saved_model_with_ddp_bf16(ray_local, trained, rows, tmp_path):
     result, out = trained
     train, val = rows
-    more = train_student(spec(strategy="ddp", precision="bf16", epochs=1), StudentSpec(preset="tiny"), CLASSES,
+    more = train_student(spec({"strategy": "ddp", "precision": "bf16"}, epochs=1),
+                         StudentSpec(preset="default", init_from=str(out / "model")), CLASSES,
                          ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path,
-                         use_soft_labels=False, resume_from=str(out / "model"))
-    first_epoch_from_scratch = result.metrics[0]["val_loss"]
-    assert more.metrics[0]["val_loss"] < first_epoch_from_scratch
-    assert more.metrics[0]["val_accuracy"] >= result.metrics[result.best_epoch - 1]["val_accuracy"] - 0.05
+                         lineage=Lineage(job="more"))
+    first_epoch_from_scratch = result.epochs[0]["val_loss"]
+    assert more.epochs[0]["val_loss"] < first_epoch_from_scratch
+    assert more.epochs[0]["val_accuracy"] >= result.epochs[result.best_epoch - 1]["val_accuracy"] - 0.05
+    # The preset is ignored: the architecture is the parent's; the lineage names the parent.
+    _, _, config = load_model(more.model_dir)
+    assert config.architecture == load_model(result.model_dir)[2].architecture
+    assert config.lineage.job == "more" and config.lineage.parent["job"] == "unit"
 
 
 def test_rows_are_encoded_with_labels_by_class_name():
     from smallsec_ray.students import build_student, student_config
 
-    model, _ = build_student("char_cnn", "tiny", 2)
-    task = StudentTask(student_config(model), CLASSES, use_soft_labels=True)
+    model, encoder = build_student("char_cnn", "tiny", 2)
+    task = StudentTask(ModelConfig(student_config(model), encoder.config(), CLASSES, Lineage()), DistillationSpec())
     task.build()
     batch = EncodeBatch(task)({"text": np.array(["whoami", "ls -la"], dtype=object),
                                "label": np.array(["malicious", None], dtype=object),
@@ -116,3 +127,13 @@ def test_rows_are_encoded_with_labels_by_class_name():
     assert batch["probs"].shape == (2, 2) and batch["ids"].shape == (2, 64)
     with pytest.raises(DataError, match="'phishing' is not one of the classes"):
         EncodeBatch(task)({"text": np.array(["x"], dtype=object), "label": np.array(["phishing"], dtype=object)})
+
+
+def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
+    from smallsec_ray.training.engine import lr_factor
+
+    linear = lr_factor(TrainingSpec(schedule="linear", warmup=0.1), total_steps=100)
+    assert [round(linear(s), 3) for s in (0, 4, 9, 10, 55, 100)] == [0.1, 0.5, 1.0, 1.0, 0.5, 0.0]
+    cosine = lr_factor(TrainingSpec(schedule="cosine", warmup=0.0), total_steps=100)
+    assert cosine(0) == 1.0 and abs(cosine(50) - 0.5) < 1e-9 and cosine(100) < 1e-12
+    assert lr_factor(TrainingSpec(), total_steps=10)(7) == 1.0  # constant, no warmup

@@ -46,9 +46,10 @@ def job_spec(data: Path, out: Path, noise: float, teacher: str | None, quick: bo
                     "finetune": {"enabled": teacher is None, "epochs": 3, "batch_size": 32, "learning_rate": 1e-4}},
         "labeling": {"replicas": 1, "cpus_per_replica": 1.0, "batch_size": 64},
         "student": {"model": "char_cnn", "preset": "small"},
-        "training": {"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 0.5,
-                     "epochs": 4 if quick else 8, "batch_size": 128, "learning_rate": 2e-3, "alpha": 0.3,
-                     "temperature": 2.0, "early_stopping_patience": 3},
+        "training": {"epochs": 4 if quick else 8, "batch_size": 128, "learning_rate": 2e-3,
+                     "early_stopping_patience": 3,
+                     "scaling": {"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 0.5}},
+        "distillation": {"alpha": 0.3, "temperature": 2.0},
         "evaluation": {"fprs": [0.001, 0.01], "group_by": ["source", "platform"], "audit_top_k": 200},
         "resources": {"num_cpus": 4},
         "output": str(out / f"noise-{noise:g}"),
@@ -135,7 +136,7 @@ def main() -> None:
         run_dir = Path(spec.output)
         if teacher is None:
             teacher = str(run_dir / json.loads((run_dir / "finetune_teacher" / "manifest.json").read_text())
-                          ["outputs"]["model"])
+                          ["result"]["model"])
         rows.append(summarise(json.loads((run_dir / "report.json").read_text()), noise))
     # Stage seconds from the manifests: the same figure whether the stages ran now or in an earlier call.
     seconds = sum(json.loads(m.read_text())["seconds"] for m in out.glob("noise-*/*/manifest.json"))

@@ -26,10 +26,11 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.schema import CANONICAL, GROUP, ID, LABEL, REASON, SOURCE, TEXT
 from smallsec_ray.data.validate import validate_table
 from smallsec_ray.errors import DataError
-from smallsec_ray.spec import Columns
+from smallsec_ray.spec import URI, Columns
 
 # Longest suffixes first, so that "x.jsonl.gz" is not taken for ".gz" of something else.
 SHARD_SUFFIXES = {
@@ -38,13 +39,12 @@ SHARD_SUFFIXES = {
 }
 FORMATS = ("parquet", "jsonl", "csv")
 
-_URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
 @dataclass(frozen=True)
-class ShardResult:
+class ShardRead:
     """One shard read into the canonical schema; every row read is either good or quarantined."""
 
     path: str
@@ -54,17 +54,11 @@ class ShardResult:
     rows_in: int
 
     def __post_init__(self) -> None:
-        if self.rows_in != self.good.num_rows + self.quarantined.num_rows:
-            raise ValueError(f"{self.path}: {self.rows_in} rows read but {self.good.num_rows} good + "
-                             f"{self.quarantined.num_rows} quarantined; rows were lost")
+        self.rows.check(self.path)
 
     @property
-    def rows_out(self) -> int:
-        return self.good.num_rows
-
-    @property
-    def rows_quarantined(self) -> int:
-        return self.quarantined.num_rows
+    def rows(self) -> RowCounts:
+        return RowCounts(self.rows_in, self.good.num_rows, self.quarantined.num_rows)
 
 
 def expand_paths(entries: list[str]) -> list[str]:
@@ -74,7 +68,7 @@ def expand_paths(entries: list[str]) -> list[str]:
     found: set[str] = set()
     for entry in entries:
         try:
-            matches = _expand_uri(entry) if _URI.match(entry) else _expand_local(entry)
+            matches = _expand_uri(entry) if URI.match(entry) else _expand_local(entry)
         except (OSError, pa.ArrowException) as err:  # unknown scheme, no credentials, store unreachable
             raise FileNotFoundError(f"entry {entry!r} could not be listed: {err}") from None
         if not matches:
@@ -164,7 +158,7 @@ def shard_format(path: str, fmt: str = "auto") -> str:
 
 
 def _file_name(path: str) -> str:
-    return PurePosixPath(path.split("?", 1)[0] if _URI.match(path) else path).name
+    return PurePosixPath(path.split("?", 1)[0] if URI.match(path) else path).name
 
 
 def _file_stem(path: str) -> str:
@@ -176,7 +170,7 @@ def _file_stem(path: str) -> str:
 
 
 def _filesystem(path: str) -> tuple[pafs.FileSystem, str]:
-    if _URI.match(path):
+    if URI.match(path):
         return pafs.FileSystem.from_uri(path)
     return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(path))
 
@@ -207,7 +201,7 @@ class _Parsed:
 
 
 def read_shard(path: str, columns: Columns, fmt: str = "auto", max_rows: int | None = None,
-               classes: list[str] | None = None, max_text_bytes: int = 100_000) -> ShardResult:
+               classes: list[str] | None = None, max_text_bytes: int = 100_000) -> ShardRead:
     """Reads one shard into the canonical columns (id, text, label, source, group as strings, other input
     columns carried through); bad rows go to `quarantined` with a reason. Raises DataError for a bad file.
 
@@ -229,7 +223,7 @@ def read_shard(path: str, columns: Columns, fmt: str = "auto", max_rows: int | N
     if parsed.failures:
         quarantined = pa.concat_tables([quarantined, _failures_table(parsed.failures, path)],
                                        promote_options="default")
-    return ShardResult(path=path, format=fmt, good=good, quarantined=quarantined,
+    return ShardRead(path=path, format=fmt, good=good, quarantined=quarantined,
                        rows_in=len(parsed.row_numbers) + len(parsed.failures))
 
 

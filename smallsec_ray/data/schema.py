@@ -11,6 +11,7 @@ TRUE_LABEL = "true_label"  # the label before injected noise (experiments)
 PROBS = "probs"  # teacher class probabilities, list<float32>, one per class, sums to 1
 TRUNCATED = "truncated"  # the teacher saw a truncated text
 REASON = "reason"  # why a quarantined row was set aside
+WEIGHT = "weight"  # optional per-row loss weight
 
 SPLITS = ("train", "validation", "test")
 

@@ -11,7 +11,7 @@ in the order of `classes`) and reports which texts it had to truncate. What vari
   label-token logits at the next position.
 
 Both backends get the same token ids, so vLLM and Hugging Face give the same probabilities (float32).
-vLLM runs in the calling process (see runtime.RUNTIME_ENV_VARS), which allows one engine per process.
+On a CPU, vLLM runs in the calling process (see runtime.CPU_ENGINE_ENV), which allows one engine per process.
 """
 
 from __future__ import annotations
@@ -35,6 +35,7 @@ from smallsec_ray.teachers.prompts import apply_chat_template, build_prompt, esc
 log = logging.getLogger(__name__)
 
 Kind = Literal["classifier", "generative"]
+Device = Literal["cpu", "cuda"]
 Backend = Literal["vllm", "hf"]
 DEFAULT_TEMPLATE = ("Classify the {artifact} between the markers as one of: {classes}.\n<<<ARTIFACT\n{text}\n"
                     "ARTIFACT>>>\nAnswer:")
@@ -102,25 +103,40 @@ class Teacher:
 
 def make_teacher(kind: Kind, backend: Backend, model_dir: str, classes: list[str], max_length: int = 128,
                  dtype: str = "float32", artifact: str = "cmdline", prompt_template: str = DEFAULT_TEMPLATE,
-                 verbalizers: dict[str, str] | None = None) -> Teacher:
-    """Loads a teacher. `model_dir` is a Hugging Face folder or a bundled:NAME (see bundled.py)."""
-    plan = _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers)
+                 verbalizers: dict[str, str] | None = None, device: Device = "cpu",
+                 engine: dict | None = None) -> Teacher:
+    """Loads a teacher. `model_dir` is a Hugging Face folder or a bundled:NAME (see bundled.py). `device`
+    picks vLLM's settings (CPU: in-process engine, eager, small KV cache; CUDA: vLLM's defaults), and
+    `engine` holds the spec's teacher.engine keys (None values leave those defaults)."""
+    plan = _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers, device)
+    options = engine_options(device, engine or {})
     if kind == "classifier":
-        scorer = (VllmClassifier(plan.path, dtype, plan.inputs.max_length, plan.columns) if backend == "vllm"
-                  else HfClassifier(plan.path, dtype, plan.columns, plan.tokenizer.pad_token_id or 0))
+        pad_id = plan.tokenizer.pad_token_id or 0
+        scorer = (VllmClassifier(plan.path, dtype, plan.inputs.max_length, plan.columns, options)
+                  if backend == "vllm" else HfClassifier(plan.path, dtype, plan.columns, pad_id))
     else:
-        scorer = (VllmLabelToken(plan.path, dtype, plan.model_len, plan.columns) if backend == "vllm"
+        scorer = (VllmLabelToken(plan.path, dtype, plan.model_len, plan.columns, options) if backend == "vllm"
                   else HfLabelToken(plan.path, dtype, plan.columns, plan.tokenizer))
     return Teacher(classes, plan.inputs, scorer, plan.identity)
 
 
 def teacher_identity(kind: Kind, backend: Backend, model_dir: str, classes: list[str], max_length: int = 128,
                      dtype: str = "float32", artifact: str = "cmdline", prompt_template: str = DEFAULT_TEMPLATE,
-                     verbalizers: dict[str, str] | None = None) -> dict:
+                     verbalizers: dict[str, str] | None = None, device: Device = "cpu",
+                     engine: dict | None = None) -> dict:
     """The identity make_teacher's teacher will report, and every config check it makes, in a second and
     without loading weights (so that a driver fails fast, before starting replicas)."""
     return _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template,
-                 verbalizers).identity
+                 verbalizers, device).identity
+
+
+def engine_options(device: Device, engine: dict) -> dict:
+    """vLLM engine arguments: the spec's teacher.engine keys that are set, and eager mode on CPU (no
+    CUDA graphs to capture there) unless the spec says otherwise."""
+    options = {key: value for key, value in engine.items() if value is not None}
+    if device == "cpu":
+        options.setdefault("enforce_eager", True)
+    return options
 
 
 @dataclass
@@ -136,12 +152,15 @@ class _Plan:
     identity: dict
 
 
-def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers) -> _Plan:
+def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers,
+          device) -> _Plan:
     if kind not in ("classifier", "generative") or backend not in ("vllm", "hf"):
         raise SpecError(f"teacher: kind must be classifier|generative and backend vllm|hf, got {kind}/{backend}")
     if dtype not in DTYPES:
         raise SpecError(f"teacher.dtype: {dtype!r} is not one of {list(DTYPES)}")
-    apply_env_defaults()  # before vLLM is imported: it reads its settings at import time
+    if device not in ("cpu", "cuda"):
+        raise SpecError(f"teacher: device must be cpu or cuda, got {device!r}")
+    apply_env_defaults(device)  # before vLLM is imported: it reads its settings at import time
     path = resolve_model(model_dir)
     tokenizer = _load_tokenizer(path)
     config = json.loads((path / "config.json").read_text())
@@ -314,7 +333,7 @@ def _start_vllm(path: Path, dtype: str, max_model_len: int, **kwargs):
     # torch reads TORCH_COMPILE_DISABLE once, at import: a process that imported torch before
     # apply_env_defaults would otherwise compile for ~25 s on its first logprobs call.
     torch._dynamo.config.disable = os.environ.get("TORCH_COMPILE_DISABLE") == "1"
-    llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, enforce_eager=True, seed=0, **kwargs)
+    llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=0, **kwargs)
     _live_engine.append(str(path))
     return llm
 
@@ -334,8 +353,8 @@ def _token_prompts(token_ids: list[list[int]]) -> list[dict]:
 class VllmClassifier:
     """vLLM's pooling runner: the classifier head's softmax, columns picked in class order."""
 
-    def __init__(self, path: Path, dtype: str, max_length: int, columns: list[int]) -> None:
-        self.llm = _start_vllm(path, dtype, max_length, runner="pooling")
+    def __init__(self, path: Path, dtype: str, max_length: int, columns: list[int], options: dict) -> None:
+        self.llm = _start_vllm(path, dtype, max_length, runner="pooling", **options)
         self.columns = columns
 
     def scores(self, token_ids: list[list[int]]) -> np.ndarray:
@@ -350,8 +369,8 @@ class VllmClassifier:
 class VllmLabelToken:
     """vLLM generation of one token, with the logprobs of exactly the label tokens."""
 
-    def __init__(self, path: Path, dtype: str, max_model_len: int, label_ids: list[int]) -> None:
-        self.llm = _start_vllm(path, dtype, max_model_len, max_logprobs=max(20, len(label_ids)))
+    def __init__(self, path: Path, dtype: str, max_model_len: int, label_ids: list[int], options: dict) -> None:
+        self.llm = _start_vllm(path, dtype, max_model_len, max_logprobs=max(20, len(label_ids)), **options)
         self.label_ids = label_ids
 
     def scores(self, token_ids: list[list[int]]) -> np.ndarray:

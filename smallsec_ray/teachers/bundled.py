@@ -23,6 +23,7 @@ PREFIX = "bundled:"
 MINILM = "all-minilm-l6-v2"
 SMOLLM2 = "smollm2-135m-instruct"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED = (PREFIX + MINILM, PREFIX + SMOLLM2)
 
 
 def resolve_model(name: str) -> Path:

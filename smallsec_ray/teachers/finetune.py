@@ -1,6 +1,6 @@
 """Teacher fine-tuning: a Hugging Face sequence classifier learns the labelled rows on Ray Train, with the
-same loop and engine as the student (DeepSpeed ZeRO stage and precision from training:, epochs, batch
-size and learning rate from teacher.finetune:). The loss is plain cross-entropy on the hard labels.
+same loop and engine as the student, under its own settings (teacher.finetune: epochs, schedule,
+scaling). The loss is plain cross-entropy on the hard labels.
 
 The result is a Hugging Face model folder (config with id2label by class name, safetensors weights,
 tokenizer) that transformers and vLLM both load. Under ZeRO-3 each rank holds a shard of every
@@ -18,8 +18,9 @@ from ray.data.expressions import col
 from torch import nn
 
 from smallsec_ray.data.schema import LABEL
-from smallsec_ray.spec import FinetuneSpec, TrainingSpec
-from smallsec_ray.training.trainer import fit
+from smallsec_ray.spec import FinetuneSpec
+from smallsec_ray.training.loss import distillation_loss
+from smallsec_ray.training.trainer import TrainedModel, fit
 
 
 @dataclass
@@ -33,10 +34,13 @@ class TeacherTask:
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
         self._tokenizer = AutoTokenizer.from_pretrained(self.model_dir)
+        if self._tokenizer.pad_token is None:  # decoders (Llama, SmolLM2) ship none; batches need one
+            self._tokenizer.pad_token = self._tokenizer.eos_token
         # A new head over our classes, named by class (a head the folder already has may differ in size).
         self._model = AutoModelForSequenceClassification.from_pretrained(
             self.model_dir, num_labels=len(self.classes), id2label=dict(enumerate(self.classes)),
-            label2id={name: i for i, name in enumerate(self.classes)}, ignore_mismatched_sizes=True)
+            label2id={name: i for i, name in enumerate(self.classes)}, ignore_mismatched_sizes=True,
+            pad_token_id=self._tokenizer.pad_token_id)
         return self._model
 
     def encode(self, texts: list[str]) -> dict[str, torch.Tensor]:
@@ -48,6 +52,9 @@ class TeacherTask:
     def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        return distillation_loss(logits, batch["labels"], None, 1.0, 1.0, batch.get("weights"))
+
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         self._model.config.dtype = torch.float32  # the state dict is fp32 whatever the training precision
         self._model.save_pretrained(folder, state_dict=state_dict)
@@ -55,14 +62,9 @@ class TeacherTask:
 
 
 def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
-                     training: TrainingSpec, max_length: int, out_dir: str | Path) -> Path:
+                     max_length: int, out_dir: str | Path, name: str = "finetune_teacher") -> TrainedModel:
     """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
-    loss on `val_ds`); returns the Hugging Face model folder out_dir/model."""
-    spec = training.model_copy(update={
-        "epochs": finetune.epochs, "batch_size": finetune.batch_size, "learning_rate": finetune.learning_rate,
-        "max_rows": finetune.max_rows, "alpha": 1.0, "resume_from": None})
+    loss on `val_ds`); the result's model_dir is a Hugging Face model folder (out_dir/model)."""
     task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length)
     labelled = col(LABEL).is_not_null()
-    result = fit(task, spec, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir,
-                 name="finetune_teacher")
-    return result.checkpoint_dir
+    return fit(task, finetune, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir, name=name)

@@ -1,16 +1,20 @@
 """The one place that knows DeepSpeed from DDP: both give the train loop the same few calls.
 
-    engine = build_engine(model, training, learning_rate)   # inside a Ray Train worker
+    engine = build_engine(model, fit, total_steps)        # inside a Ray Train worker
     logits = engine(*inputs); engine.backward(loss); engine.step()
     engine.save(folder) / engine.load(folder)               # full training state, every rank calls
     engine.full_state_dict()                                # fp32 weights on rank 0 (None elsewhere)
 
-Both use a plain torch AdamW: DeepSpeed's fused and CPU Adam compile for ~50 s on first use, and a
-client optimizer runs under every ZeRO stage.
+Both use AdamW with the learning-rate schedule of the spec (warmup, then constant or a decay to 0 at
+the last step), stepped once per optimizer step and saved with the checkpoint. Without offload it is
+torch's AdamW: DeepSpeed's fused and CPU Adam compile for ~50 s on first use, and a client optimizer
+runs under every ZeRO stage. ZeRO-Offload needs DeepSpeed's CPU Adam, so offload takes that one.
 """
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +23,7 @@ import ray.train.torch
 import torch
 from torch import nn
 
-from smallsec_ray.spec import TrainingSpec
+from smallsec_ray.spec import FitSpec
 
 GRAD_CLIP = 1.0
 DS_TAG = "deepspeed"  # sub-folder of a checkpoint holding DeepSpeed's files
@@ -27,40 +31,69 @@ DDP_STATE = "ddp_state.pt"
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-def build_engine(model: nn.Module, training: TrainingSpec, learning_rate: float) -> DeepSpeedEngine | DDPEngine:
-    """Wraps `model` for the strategy of `training`; call inside a Ray Train worker."""
-    if training.strategy == "deepspeed":
-        return DeepSpeedEngine(model, training, learning_rate)
-    return DDPEngine(model, training, learning_rate)
+def build_engine(model: nn.Module, fit: FitSpec, total_steps: int) -> DeepSpeedEngine | DDPEngine:
+    """Wraps `model` for the strategy of `fit.scaling`; call inside a Ray Train worker."""
+    if fit.scaling.strategy == "deepspeed":
+        return DeepSpeedEngine(model, fit, total_steps)
+    return DDPEngine(model, fit, total_steps)
+
+
+def lr_factor(fit: FitSpec, total_steps: int) -> Callable[[int], float]:
+    """The learning rate at a step as a share of the peak: a linear warmup over `fit.warmup` of the
+    steps, then constant, or a linear or cosine decay that reaches 0 at the last step."""
+    warmup = int(fit.warmup * total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        if fit.schedule == "constant":
+            return 1.0
+        done = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+        return 1.0 - done if fit.schedule == "linear" else 0.5 * (1.0 + math.cos(math.pi * done))
+
+    return factor
 
 
 def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone() for k, v in state.items()}
 
 
-def deepspeed_config(training: TrainingSpec, world_size: int) -> dict[str, Any]:
-    return {
-        "train_micro_batch_size_per_gpu": training.batch_size,
+def deepspeed_config(fit: FitSpec, world_size: int) -> dict[str, Any]:
+    scaling = fit.scaling
+    zero: dict[str, Any] = {"stage": scaling.zero_stage}
+    config: dict[str, Any] = {
+        "train_micro_batch_size_per_gpu": fit.batch_size,
         "gradient_accumulation_steps": 1,
-        "train_batch_size": training.batch_size * world_size,
+        "train_batch_size": fit.batch_size * world_size,
         "gradient_clipping": GRAD_CLIP,
-        "zero_optimization": {"stage": training.zero_stage},
+        "zero_optimization": zero,
         "zero_allow_untested_optimizer": True,  # the client AdamW is fine under ZeRO
-        "bf16": {"enabled": training.precision == "bf16"},
-        "fp16": {"enabled": training.precision == "fp16"},
+        "bf16": {"enabled": scaling.precision == "bf16"},
+        "fp16": {"enabled": scaling.precision == "fp16"},
         "steps_per_print": 1 << 30,
     }
+    if scaling.offload != "none":
+        zero["offload_optimizer"] = {"device": "cpu"}
+        if scaling.offload == "optimizer_and_parameters":
+            zero["offload_param"] = {"device": "cpu"}
+        config["optimizer"] = {"type": "AdamW", "params": {"lr": fit.learning_rate,
+                                                          "weight_decay": fit.weight_decay}}
+    return config
 
 
 class DeepSpeedEngine:
-    def __init__(self, model: nn.Module, training: TrainingSpec, learning_rate: float):
+    def __init__(self, model: nn.Module, fit: FitSpec, total_steps: int):
         import deepspeed
 
-        self.zero_stage = training.zero_stage
-        optimizer = torch.optim.AdamW(model.parameters(), lr=learning_rate)
-        config = deepspeed_config(training, ray.train.get_context().get_world_size())
-        # Ray Train has set up the process group (gloo on CPU, NCCL on GPU); DeepSpeed joins it.
-        self.ds, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config)
+        self.zero_stage = fit.scaling.zero_stage
+        config = deepspeed_config(fit, ray.train.get_context().get_world_size())
+        optimizer = None if "optimizer" in config else torch.optim.AdamW(
+            model.parameters(), lr=fit.learning_rate, weight_decay=fit.weight_decay)
+        factor = lr_factor(fit, total_steps)
+        # Ray Train has set up the process group (gloo on CPU, NCCL on GPU); DeepSpeed joins it, and
+        # steps the schedule with the optimizer (and saves it in checkpoints).
+        self.ds, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
+                                           lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, factor))
         self.module: nn.Module = self.ds.module
         self.device = self.ds.device
 
@@ -71,7 +104,7 @@ class DeepSpeedEngine:
         self.ds.backward(loss)
 
     def step(self) -> None:
-        self.ds.step()  # clips, steps and zeroes the gradients
+        self.ds.step()  # clips, steps the optimizer and the schedule, zeroes the gradients
 
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
@@ -98,13 +131,15 @@ class DeepSpeedEngine:
 
 
 class DDPEngine:
-    def __init__(self, model: nn.Module, training: TrainingSpec, learning_rate: float):
+    def __init__(self, model: nn.Module, fit: FitSpec, total_steps: int):
         self.model = ray.train.torch.prepare_model(model)  # moves to the device, wraps in DDP if world > 1
         self.module: nn.Module = getattr(self.model, "module", self.model)
         self.device = ray.train.torch.get_device()
-        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=learning_rate)
-        self.dtype = _DTYPES[training.precision]
-        self.scaler = torch.amp.GradScaler(self.device.type, enabled=training.precision == "fp16")
+        self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=fit.learning_rate,
+                                           weight_decay=fit.weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lr_factor(fit, total_steps))
+        self.dtype = _DTYPES[fit.scaling.precision]
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=fit.scaling.precision == "fp16")
 
     def __call__(self, *inputs: Any, **kwargs: Any) -> Any:
         with torch.autocast(self.device.type, dtype=self.dtype, enabled=self.dtype != torch.float32):
@@ -118,6 +153,7 @@ class DDPEngine:
         nn.utils.clip_grad_norm_(self.model.parameters(), GRAD_CLIP)
         self.scaler.step(self.optimizer)
         self.scaler.update()
+        self.schedule.step()
         self.optimizer.zero_grad(set_to_none=True)
 
     def train(self, mode: bool = True) -> None:
@@ -132,11 +168,12 @@ class DDPEngine:
         """DDP replicas are identical: rank 0 writes the whole state."""
         if ray.train.get_context().get_world_rank() == 0:
             state = {"model": self.module.state_dict(), "optimizer": self.optimizer.state_dict(),
-                     "scaler": self.scaler.state_dict()}
+                     "schedule": self.schedule.state_dict(), "scaler": self.scaler.state_dict()}
             torch.save(state, Path(folder) / DDP_STATE)
 
     def load(self, folder: Path) -> None:
         state = torch.load(Path(folder) / DDP_STATE, map_location=self.device, weights_only=True)
         self.module.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
         self.scaler.load_state_dict(state["scaler"])

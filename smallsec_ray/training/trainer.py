@@ -14,7 +14,7 @@ A rerun into the same out folder continues from its latest checkpoint.
 from __future__ import annotations
 
 import json
-import logging
+import math
 import os
 import shutil
 import tempfile
@@ -30,28 +30,25 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from smallsec_ray.data.schema import LABEL, PROBS, TEXT
+from smallsec_ray import console
+from smallsec_ray.data.schema import LABEL, PROBS, TEXT, WEIGHT
 from smallsec_ray.errors import DataError, StageError
-from smallsec_ray.runtime import init_ray
-from smallsec_ray.spec import StudentSpec, TrainingSpec
+from smallsec_ray.spec import DistillationSpec, FitSpec, StudentSpec
 from smallsec_ray.students import build_from_config, build_student, student_config
+from smallsec_ray.students.encoders import encoder_from_config
+from smallsec_ray.students.folder import MODEL_DIR, Lineage, ModelConfig, load_model, save_model
 from smallsec_ray.training.engine import build_engine
 from smallsec_ray.training.loss import distillation_loss
 
-log = logging.getLogger(__name__)
-
-WEIGHT = "weight"  # optional per-row loss weight column
-MODEL_DIR, CHECKPOINTS_DIR, METRICS_FILE = "model", "checkpoints", "metrics.json"
-CONFIG_FILE, WEIGHTS_FILE, PROGRESS_FILE = "config.json", "model.safetensors", "progress.json"
+CHECKPOINTS_DIR, METRICS_FILE, PROGRESS_FILE = "checkpoints", "metrics.json", "progress.json"
 DRILL_WAIT_S = 5.0
 SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) each
 
 
 class Task(Protocol):
-    """What the loop needs to know about a model: how to build it, feed it and save it."""
+    """What the loop needs to know about a model: how to build it, feed it, score its loss and save it."""
 
     classes: list[str]
     use_soft_labels: bool
@@ -62,18 +59,28 @@ class Task(Protocol):
 
     def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
 
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor: ...
+
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None: ...
 
 
 @dataclass
 class StudentTask:
-    student: dict[str, Any]  # student_config(): rebuilds the architecture
-    classes: list[str]
-    use_soft_labels: bool
+    config: ModelConfig  # the model being trained: architecture, encoder, classes, lineage
+    distillation: DistillationSpec | None  # None: hard labels only (the baseline)
     init_state: dict[str, torch.Tensor] | None = None  # weights to continue training from
 
+    @property
+    def classes(self) -> list[str]:
+        return self.config.classes
+
+    @property
+    def use_soft_labels(self) -> bool:
+        return self.distillation is not None
+
     def build(self) -> nn.Module:
-        model, self._encoder = build_from_config(self.student)
+        model, _ = build_from_config(self.config.architecture)
+        self._encoder = encoder_from_config(self.config.encoder)
         if self.init_state is not None:
             model.load_state_dict(self.init_state)
         return model
@@ -84,8 +91,14 @@ class StudentTask:
     def logits(self, model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         return model(batch["ids"])
 
+    def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        if self.distillation is None:
+            return distillation_loss(logits, batch["labels"], None, 1.0, 1.0, batch.get("weights"))
+        return distillation_loss(logits, batch["labels"], batch.get("probs"), self.distillation.alpha,
+                                 self.distillation.temperature, batch.get("weights"))
+
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
-        save_student(state_dict, self.student, self.classes, folder)
+        save_model(folder, state_dict, self.config)
 
 
 class EncodeBatch(NumpyBatchCollateFn):
@@ -140,10 +153,10 @@ class Progress:
 
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     task: Task = config["task"]
-    training: TrainingSpec = config["training"]
+    training: FitSpec = config["fit"]
     rank = ray.train.get_context().get_world_rank()
     torch.manual_seed(0)
-    engine = build_engine(task.build(), training, training.learning_rate)
+    engine = build_engine(task.build(), training, config["total_steps"])
     encode = EncodeBatch(task)
 
     progress = Progress()
@@ -167,8 +180,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             if i < progress.step_in_epoch:  # done before the restart
                 continue
             logits = task.logits(engine, batch).float()
-            loss = distillation_loss(logits, batch["labels"], batch.get("probs"), training.alpha,
-                                     training.temperature, batch.get("weights"))
+            loss = task.loss(logits, batch)
             engine.backward(loss)
             engine.step()
             progress.step_in_epoch += 1
@@ -195,7 +207,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         progress.history.append(metrics)
         if rank == 0:
             stop = progress.out_of_patience(training.early_stopping_patience)
-            log.info(epoch_line(metrics, training.epochs) + ("  (early stop)" if stop else ""))
+            console.post(config["relay"], f"    {config['name']}: " + epoch_line(metrics, training.epochs)
+                         + ("  (early stop)" if stop else ""))
         save_and_report(engine, task, progress, metrics)
 
 
@@ -205,7 +218,7 @@ def epoch_line(m: dict[str, Any], epochs: int) -> str:
             f"val_accuracy {accuracy}  {m['samples_per_s']:,.0f} samples/s")
 
 
-def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: TrainingSpec) -> dict[str, Any]:
+def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: FitSpec) -> dict[str, Any]:
     """Loss (the training objective) and accuracy (rows with a hard label) over all ranks' shards."""
     engine.train(False)
     sums = torch.zeros(4, dtype=torch.float64)  # loss x rows, rows, correct, labelled rows
@@ -213,8 +226,7 @@ def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: 
         for batch in rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode):
             logits = task.logits(engine, batch).float()
             labels = batch["labels"]
-            loss = distillation_loss(logits, labels, batch.get("probs"), training.alpha, training.temperature,
-                                     batch.get("weights"))
+            loss = task.loss(logits, batch)
             labelled = labels >= 0
             correct = (logits.argmax(dim=1) == labels)[labelled].sum()
             sums += torch.tensor([loss.item() * len(labels), len(labels), correct.item(), labelled.sum().item()],
@@ -268,45 +280,53 @@ def fail_once_at_step(config: dict[str, Any], step: int) -> None:
 
 
 @dataclass
-class TrainResult:
-    checkpoint_dir: Path  # the best model as a plain folder (load_student reads it)
-    metrics: list[dict[str, Any]]  # one entry per epoch
-    best_epoch: int  # 1-based epoch whose model checkpoint_dir holds (0: a mid-epoch checkpoint)
+class TrainedModel:
+    """A training stage's result."""
+
+    model_dir: str  # the best epoch's model folder (students.folder format for students)
+    epochs: list[dict[str, Any]]  # metrics of every epoch
+    best_epoch: int  # 1-based epoch whose model model_dir holds (0: a mid-epoch checkpoint)
     samples_per_s: float  # training rows per second over all epochs (validation excluded)
+    train_rows: int  # rows of one epoch, all workers
 
 
-def fit(task: Task, training: TrainingSpec, train_ds: Any, val_ds: Any, out_dir: str | Path,
-        name: str, drill: dict[str, Any] | None = None) -> TrainResult:
-    """Runs `train_loop_per_worker` on Ray Train and copies the best model to out_dir/model."""
-    init_ray()
+def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
+        drill: dict[str, Any] | None = None) -> TrainedModel:
+    """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model."""
     out_dir = Path(out_dir).resolve()
+    scaling = training.scaling
     val_count = val_ds.count()
-    if val_count < training.workers:
-        raise StageError(f"{name}: {val_count} validation rows for {training.workers} workers; each worker "
+    if val_count < scaling.workers:
+        raise StageError(f"{name}: {val_count} validation rows for {scaling.workers} workers; each worker "
                          "validates on its own share, so give at least one validation row per worker")
     if training.max_rows:
         train_ds = train_ds.limit(training.max_rows)
-    resources = {"CPU": training.cpus_per_worker, **({"GPU": 1} if training.use_gpu else {})}
+    train_count = train_ds.count()
+    if train_count < scaling.workers:
+        raise StageError(f"{name}: {train_count} training rows for {scaling.workers} workers; give more rows")
+    steps_per_epoch = math.ceil(train_count / scaling.workers / training.batch_size)
+    use_gpu = scaling.gpus_per_worker > 0
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
-        train_loop_config={"task": task, "training": training, "fail_once_at_step": drill},
-        scaling_config=ScalingConfig(num_workers=training.workers, use_gpu=training.use_gpu,
-                                     resources_per_worker=resources),
+        train_loop_config={"task": task, "fit": training, "total_steps": steps_per_epoch * training.epochs,
+                           "name": name, "relay": console.relay(), "fail_once_at_step": drill},
+        scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=str(out_dir / CHECKPOINTS_DIR),
-            failure_config=FailureConfig(max_failures=training.max_failures),
+            failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
                                                checkpoint_score_order="min"),
-            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if training.use_gpu else "cpu"}}),
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),
         datasets={"train": train_ds.randomize_block_order(seed=0), "validation": val_ds},
     )
     try:
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
-        raise StageError(f"{name}: training failed (after up to {training.max_failures} restarts): {err}") from err
+        raise StageError(f"{name}: training failed (after up to {scaling.max_failures} restarts): {err}") from err
     best = result.get_best_checkpoint("val_loss", "min")
     if best is None or result.checkpoint is None:
-        raise StageError(f"{name}: training reported no checkpoint; see the worker logs above")
+        raise StageError(f"{name}: training reported no checkpoint; see the worker logs in the job log")
     model_dir = out_dir / MODEL_DIR
     shutil.rmtree(model_dir, ignore_errors=True)
     with best.as_directory() as folder:
@@ -317,52 +337,32 @@ def fit(task: Task, training: TrainingSpec, train_ds: Any, val_ds: Any, out_dir:
     best_epoch = best_progress.epoch if best_progress.step_in_epoch == 0 else 0
     rows = sum(m["train_rows"] for m in history)
     seconds = sum(m["train_seconds"] for m in history)
-    train_result = TrainResult(model_dir, history, best_epoch, rows / seconds if seconds else 0.0)
-    (out_dir / METRICS_FILE).write_text(json.dumps({**asdict(train_result), "checkpoint_dir": str(model_dir)},
-                                                   indent=1))
-    return train_result
+    trained = TrainedModel(str(model_dir), history, best_epoch, rows / seconds if seconds else 0.0,
+                           history[-1]["train_rows"] if history else 0)
+    (out_dir / METRICS_FILE).write_text(json.dumps(asdict(trained), indent=1))
+    return trained
 
 
-def train_student(training: TrainingSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
-                  out_dir: str | Path, use_soft_labels: bool = True, resume_from: str | None = None,
-                  drill: dict[str, Any] | None = None) -> TrainResult:
-    """Trains a student on `train_ds` (columns text, label, optionally probs and weight), picking the best
-    epoch on `val_ds`. `resume_from` (or training.resume_from): a model folder (or a checkpoint holding
-    one) whose weights and architecture training continues from, e.g. a production model given new rows.
-    `drill` ({"step": N, "marker": path}) kills the last worker once at step N (fault drills, tests)."""
-    resume_from = resume_from or training.resume_from
-    if resume_from:
-        model, _encoder, trained_classes = load_student(model_folder(Path(resume_from)))
-        if trained_classes != list(classes):
-            raise StageError(f"training.resume_from: {resume_from} was trained on classes {trained_classes}, "
+def train_student(training: FitSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
+                  out_dir: str | Path, distillation: DistillationSpec | None = None,
+                  lineage: Lineage | None = None, name: str = "train_student",
+                  drill: dict[str, Any] | None = None) -> TrainedModel:
+    """Trains a student on `train_ds` (columns text, label, and probs when `distillation` is given; weight
+    optional), picking the best epoch on `val_ds`. With student.init_from, training continues from that
+    model folder (trained or shipped): its weights, architecture and encoder, e.g. a production model
+    given new rows. `drill` ({"step": N, "marker": path}) kills the last worker once at step N (fault
+    drills, tests)."""
+    lineage = lineage or Lineage()
+    if student.init_from:
+        model, _encoder, parent = load_model(student.init_from)
+        if parent.classes != list(classes):
+            raise StageError(f"student.init_from: {student.init_from} was trained on classes {parent.classes}, "
                              f"but this job has {list(classes)}; use the same classes in the same order")
-        task = StudentTask(student_config(model), list(classes), use_soft_labels, init_state=model.state_dict())
+        lineage.parent = asdict(parent.lineage)
+        config = ModelConfig(parent.architecture, parent.encoder, list(classes), lineage)
+        task = StudentTask(config, distillation, init_state=model.state_dict())
     else:
-        model, _encoder = build_student(student.model, student.preset, len(classes), student.max_length)
-        task = StudentTask(student_config(model), list(classes), use_soft_labels)
-    return fit(task, training, train_ds, val_ds, out_dir, name="train_student", drill=drill)
-
-
-def save_student(state_dict: dict[str, torch.Tensor], student: dict[str, Any], classes: list[str],
-                 folder: Path) -> None:
-    folder.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in state_dict.items()}, str(folder / WEIGHTS_FILE))
-    (folder / CONFIG_FILE).write_text(json.dumps({"classes": classes, "student": student}, indent=1))
-
-
-def model_folder(path: Path) -> Path:
-    """A model folder itself, or the model/ inside a training output or checkpoint folder."""
-    for folder in (path, path / MODEL_DIR):
-        if (folder / CONFIG_FILE).is_file() and (folder / WEIGHTS_FILE).is_file():
-            return folder
-    raise StageError(f"{path}: no student model here (expected {CONFIG_FILE} and {WEIGHTS_FILE}, or a "
-                     f"{MODEL_DIR}/ folder holding them); give the model folder that training wrote")
-
-
-def load_student(folder: str | Path) -> tuple[nn.Module, Any, list[str]]:
-    """(model in eval mode, its encoder, class names) from a folder written by training; no Ray needed."""
-    folder = model_folder(Path(folder))
-    config = json.loads((folder / CONFIG_FILE).read_text())
-    model, encoder = build_from_config(config["student"])
-    model.load_state_dict(load_file(str(folder / WEIGHTS_FILE)))
-    return model.eval(), encoder, list(config["classes"])
+        model, encoder = build_student(student.model, student.preset, len(classes), student.max_length)
+        config = ModelConfig(student_config(model), encoder.config(), list(classes), lineage)
+        task = StudentTask(config, distillation)
+    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill)

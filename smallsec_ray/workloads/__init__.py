@@ -1,4 +1,5 @@
-"""The workloads as stage sequences. `stages_for(spec)` is the one place that maps a workload to them."""
+"""The workloads as stage lists, one module each, named after the spec's `workload` key.
+`stages_for(spec)` is the one place that maps a workload to its stages."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from smallsec_ray.stages import Stage
 
 def stages_for(spec: JobSpec) -> list[Stage]:
     if spec.workload == "distill":
-        from smallsec_ray.workflows.distill import STAGES
+        from smallsec_ray.workloads.distill import STAGES
 
         return STAGES
     raise SpecError(f"workload: {spec.workload!r} is declared in the spec schema but not built yet in this "

@@ -1,0 +1,204 @@
+"""The stages workloads share, and the helpers they read rows with.
+
+Each stage is `run(ctx, **inputs) -> Result` (see stages.py): it takes earlier stages' results by name
+and returns a small dataclass that the manifest keeps. A workload lists these (and its own) in order.
+
+Words: the *labelled* part is the analysts' clean rows (data.labelled); the teacher *scores* rows,
+writing its class probabilities (`probs`) next to them; a student trains on given labels, on the
+teacher's probabilities, or on both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import ray
+import torch
+from ray.data.expressions import col
+
+from smallsec_ray.data import schema
+from smallsec_ray.data.accounting import RowCounts
+from smallsec_ray.evaluation import pick_threshold
+from smallsec_ray.export import OnnxScorer, export_onnx
+from smallsec_ray.labeling import label_shards
+from smallsec_ray.prepare import PreparedData
+from smallsec_ray.stages import StageContext
+from smallsec_ray.students.folder import Lineage, load_model
+from smallsec_ray.teachers.bundled import resolve_model
+from smallsec_ray.teachers.finetune import finetune_teacher
+from smallsec_ray.training.trainer import TrainedModel, train_student
+
+TRAIN_COLUMNS = [schema.ID, schema.TEXT, schema.LABEL, schema.SPLIT, schema.PROBS]
+
+# The dotted spec keys each shared stage depends on (resources such as replicas and workers' CPUs
+# change where a stage runs, not what it writes, so they are left out).
+TEACHER_KEYS = ("classes", "teacher.kind", "teacher.model", "teacher.max_length", "teacher.finetune")
+SCORING_KEYS = ("classes", "artifact", "teacher.kind", "teacher.backend", "teacher.max_length", "teacher.dtype",
+                "teacher.prompt_template", "teacher.verbalizers", "labeling.on_too_long")
+STUDENT_KEYS = ("classes", "student", "training")
+
+
+# ---------------------------------------------------------------- teacher
+
+
+@dataclass
+class TeacherModel:
+    """A teacher ready to label: a fine-tuned folder in the run, or the spec's model as it is."""
+
+    model: str  # relative to the run folder when fine-tuned, else teacher.model (a folder or bundled:NAME)
+    finetuned: bool
+    training: TrainedModel | None = None
+
+
+def run_finetune_teacher(ctx: StageContext, data: PreparedData) -> TeacherModel:
+    spec, teacher = ctx.spec, ctx.spec.teacher
+    if teacher.kind != "classifier" or not teacher.finetune.enabled:
+        return TeacherModel(teacher.model, finetuned=False)
+    paths = ctx_paths(ctx, data.shards("labelled"))
+    trained = finetune_teacher(resolve_model(teacher.model), spec.classes, dataset(paths, "train"),
+                               dataset(paths, "validation"), teacher.finetune, teacher.max_length, ctx.stage_dir)
+    trained = replace(trained, model_dir=ctx.relative(trained.model_dir))
+    return TeacherModel(trained.model_dir, finetuned=True, training=trained)
+
+
+@dataclass
+class TeacherLabels:
+    """The label stage's result: every shard of the scored parts with the teacher's `probs`."""
+
+    teacher: dict  # the teacher's identity (model, fingerprint, kind, ...)
+    parts: dict[str, list[str]]  # part -> scored shards, relative to the run folder
+    quarantine: list[str]
+    rows: RowCounts
+    by_part: dict[str, RowCounts]
+    rows_truncated: int
+    rows_per_s: float
+
+    def shards(self, *parts: str) -> list[str]:
+        return [shard for part in parts for shard in self.parts.get(part, [])]
+
+
+def label_parts(ctx: StageContext, data: PreparedData, teacher: TeacherModel, parts: tuple[str, ...]) -> TeacherLabels:
+    """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once)."""
+    spec = ctx.spec
+    model = str(ctx.path(teacher.model)) if teacher.finetuned else teacher.model
+    teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune"}), "model": model, "artifact": spec.artifact}
+    part_of = {str(ctx.path(shard)): part for part in parts for shard in data.shards(part)}
+    run = label_shards(list(part_of), str(ctx.stage_dir), teacher_cfg, spec.classes, spec.labeling.replicas,
+                       spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica, spec.labeling.batch_size,
+                       spec.labeling.on_too_long)
+    scored: dict[str, list[str]] = {part: [] for part in parts}
+    by_part = {part: RowCounts() for part in parts}
+    for shard in run.shards:
+        part = part_of[shard.input]
+        scored[part].append(ctx.relative(shard.output))
+        by_part[part] += shard.rows
+    return TeacherLabels(teacher=run.teacher, parts=scored,
+                         quarantine=[ctx.relative(s.quarantine) for s in run.shards if s.quarantine],
+                         rows=run.rows, by_part=by_part, rows_truncated=run.rows_truncated,
+                         rows_per_s=round(run.rows_per_s, 1))
+
+
+# ---------------------------------------------------------------- student
+
+
+def train_on(ctx: StageContext, paths: list[str], val_paths: list[str], distilled: bool,
+             teacher: dict | None = None) -> TrainedModel:
+    """A student trained on the train split of `paths` (with the teacher's probabilities when `distilled`),
+    its best epoch picked on the validation split of `val_paths`."""
+    spec = ctx.spec
+    lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,
+                      data={"input_runs": ctx.input_runs}, teacher=[teacher] if teacher else [])
+    trained = train_student(spec.training, spec.student, spec.classes, dataset(paths, "train", distilled),
+                            dataset(val_paths, "validation", distilled), ctx.stage_dir,
+                            distillation=spec.distillation if distilled else None, lineage=lineage,
+                            name=ctx.stage_dir.name)
+    return replace(trained, model_dir=ctx.relative(trained.model_dir))
+
+
+@dataclass
+class ExportedModel:
+    model_dir: str  # the shipped model folder (weights, ONNX graph, thresholds), relative to the run folder
+    threshold: float  # detection threshold of the positive class
+    threshold_fpr_on_validation: float
+    threshold_rests_on: int  # validation negatives at or above the threshold (how firm the FPR figure is)
+    parity_max_abs_diff: float
+    parity_rows: int
+    events_per_s_one_thread: float
+    parameters: int
+
+
+def run_export(ctx: StageContext, model: TrainedModel, data: PreparedData) -> ExportedModel:
+    """Ships `model`: its threshold picked on the labelled validation rows at the largest FPR asked, the
+    ONNX graph checked against torch on test rows, and a throughput figure."""
+    spec = ctx.spec
+    net, _, config = load_model(ctx.path(model.model_dir))
+    val = read_rows(ctx_paths(ctx, data.shards("labelled")), "validation")
+    val_scores = score_student(ctx.path(model.model_dir), strings(val, schema.TEXT))[
+        :, config.classes.index(spec.positive_class)]
+    fpr = max(spec.evaluation.fprs)
+    is_positive = binary(strings(val, schema.LABEL), spec.positive_class)
+    threshold = pick_threshold(val_scores, is_positive, fpr)
+    texts = strings(read_rows(ctx_paths(ctx, data.shards("labelled", "test")), "test"), schema.TEXT)
+    config = replace(config, thresholds={spec.positive_class: threshold})
+    result = export_onnx(net, config, ctx.stage_dir / "model", texts[:256])
+    return ExportedModel(model_dir=ctx.relative(result.model_dir), threshold=threshold,
+                         threshold_fpr_on_validation=fpr,
+                         threshold_rests_on=int(((val_scores >= threshold) & (is_positive == 0)).sum()),
+                         parity_max_abs_diff=result.max_abs_diff, parity_rows=result.parity_rows,
+                         events_per_s_one_thread=round(events_per_s(result.model_dir, texts[:2000]), 1),
+                         parameters=sum(p.numel() for p in net.parameters()))
+
+
+# ---------------------------------------------------------------- rows
+
+
+def ctx_paths(ctx: StageContext, shards: list[str]) -> list[str]:
+    return [str(ctx.path(s)) for s in shards]
+
+
+def dataset(paths: list[str], split: str, with_probs: bool = True) -> ray.data.Dataset:
+    """Ray Data rows of one split of some shards: the columns training reads."""
+    wanted = TRAIN_COLUMNS if with_probs else [c for c in TRAIN_COLUMNS if c != schema.PROBS]
+    columns = [c for c in wanted if c in pq.read_schema(paths[0]).names] if paths else wanted
+    return ray.data.read_parquet(paths, columns=columns).filter(expr=col(schema.SPLIT) == split)
+
+
+def read_rows(paths: list[str], split: str | None = None) -> pa.Table:
+    """The rows of some shards (one split, or all) as one table, for small driver-side work."""
+    table = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive")
+    return table if split is None else table.filter(pc.equal(table.column(schema.SPLIT), split))
+
+
+def strings(table: pa.Table, column: str) -> list:
+    return table.column(column).to_pylist()
+
+
+def probs_of(table: pa.Table) -> np.ndarray:
+    return np.asarray(table.column(schema.PROBS).to_pylist(), dtype=np.float32)
+
+
+def binary(labels: list[str], positive: str) -> np.ndarray:
+    return np.array([label == positive for label in labels], dtype=np.int64)
+
+
+@torch.no_grad()
+def score_student(folder: Path, texts: list[str], batch_size: int = 512) -> np.ndarray:
+    """Class probabilities of a student model folder (torch, in this process)."""
+    model, encoder, _ = load_model(folder)
+    parts = [torch.softmax(model(torch.from_numpy(encoder.encode(texts[i:i + batch_size]))), -1).numpy()
+             for i in range(0, len(texts), batch_size)]
+    return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, model.num_classes), np.float32)
+
+
+def events_per_s(model_dir: Path, texts: list[str]) -> float:
+    scorer = OnnxScorer(model_dir, intra_op_num_threads=1)
+    scorer.predict_proba(texts[:64])  # warm-up
+    start = time.perf_counter()
+    scorer.predict_proba(texts)
+    return len(texts) / (time.perf_counter() - start)

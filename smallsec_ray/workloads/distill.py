@@ -1,0 +1,127 @@
+"""Knowledge distillation: a teacher fine-tuned on clean labels relabels a large noisy set with soft
+labels; the student learns from both and is compared with a student trained on the noisy labels alone.
+
+prepare -> finetune_teacher -> label -> train_student -> train_baseline -> export -> evaluate
+
+Rows: the teacher learns from the labelled part's train split and picks its epoch on the labelled
+validation split. Both students train on the train split of the labelled and noisy parts (same rows,
+same budget); the distilled one also sees the teacher's probabilities. Everything is evaluated on the
+same test rows (the labelled part's test split plus the test part).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from smallsec_ray.data import schema
+from smallsec_ray.evaluation import compare_at_threshold, evaluate_model, label_audit
+from smallsec_ray.prepare import PreparedData, run_prepare
+from smallsec_ray.report import write_report
+from smallsec_ray.stages import Stage, StageContext
+from smallsec_ray.training.trainer import TrainedModel
+from smallsec_ray.workloads.common import (
+    SCORING_KEYS,
+    STUDENT_KEYS,
+    TEACHER_KEYS,
+    ExportedModel,
+    TeacherLabels,
+    TeacherModel,
+    ctx_paths,
+    label_parts,
+    probs_of,
+    read_rows,
+    run_export,
+    run_finetune_teacher,
+    score_student,
+    strings,
+    train_on,
+)
+
+SCORED_PARTS = ("labelled", "noisy", "test")  # the teacher scores these; the students learn from the first two
+TRAIN_PARTS = ("labelled", "noisy")
+
+
+def run_label(ctx: StageContext, data: PreparedData, teacher: TeacherModel) -> TeacherLabels:
+    return label_parts(ctx, data, teacher, SCORED_PARTS)
+
+
+def run_train_student(ctx: StageContext, labels: TeacherLabels) -> TrainedModel:
+    return train_on(ctx, ctx_paths(ctx, labels.shards(*TRAIN_PARTS)), ctx_paths(ctx, labels.shards("labelled")),
+                    distilled=True, teacher=labels.teacher)
+
+
+def run_train_baseline(ctx: StageContext, data: PreparedData) -> TrainedModel:
+    # Same rows, model and budget as the student; only the given (noisy) labels.
+    return train_on(ctx, ctx_paths(ctx, data.shards(*TRAIN_PARTS)), ctx_paths(ctx, data.shards("labelled")),
+                    distilled=False)
+
+
+@dataclass
+class DistillReport:
+    report_json: str
+    report_md: str
+    comparison: str  # one sentence: did the distilled student beat the baseline
+    meets_target: bool
+    test_rows: int
+    validation_rows: int
+
+
+def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, labels: TeacherLabels,
+                 student: TrainedModel, baseline: TrainedModel, export: ExportedModel) -> DistillReport:
+    spec = ctx.spec
+    test = read_rows(ctx_paths(ctx, labels.shards("labelled", "test")), "test")
+    val = read_rows(ctx_paths(ctx, labels.shards("labelled")), "validation")
+    groups = {column: strings(test, column) for column in spec.evaluation.group_by if column in test.column_names}
+    texts, val_texts = strings(test, schema.TEXT), strings(val, schema.TEXT)
+    probs = {"teacher": (probs_of(test), probs_of(val))}
+    for name, model in (("baseline student", baseline), ("distilled student", student)):
+        folder = ctx.path(model.model_dir)
+        probs[name] = (score_student(folder, texts), score_student(folder, val_texts))
+    reports = {name: evaluate_model(name, p, strings(test, schema.LABEL), spec.classes, spec.positive_class, vp,
+                                    strings(val, schema.LABEL), spec.evaluation.fprs, groups)
+               for name, (p, vp) in probs.items()}
+    comparison = compare_at_threshold(reports["baseline student"], reports["distilled student"],
+                                      fpr=max(spec.evaluation.fprs))
+
+    # The label audit: noisy rows whose given label the teacher confidently disputes.
+    noisy = read_rows(ctx_paths(ctx, labels.shards("noisy")))
+    true_labels = strings(noisy, schema.TRUE_LABEL) if schema.TRUE_LABEL in noisy.column_names else None
+    audit = label_audit(strings(noisy, schema.ID), strings(noisy, schema.TEXT), strings(noisy, schema.LABEL),
+                        probs_of(noisy), spec.classes, spec.evaluation.audit_top_k, true_labels)
+
+    stages = [{"stage": "prepare", **_rows(data.rows)}, {"stage": "label", **_rows(labels.rows)}]
+    extra = {"teacher": labels.teacher, "export": export,
+             "training": {name: {"best_epoch": t.best_epoch, "samples_per_s": t.samples_per_s, "epochs": t.epochs}
+                          for name, t in (("finetune_teacher", teacher.training), ("train_student", student),
+                                          ("train_baseline", baseline)) if t is not None}}
+    job = {"name": spec.name, "workload": spec.workload, "artifact": spec.artifact, "classes": spec.classes,
+           "positive_class": spec.positive_class, "resolved_spec": "spec.resolved.json"}
+    json_path, md_path = write_report(ctx.run_dir, job, stages, list(reports.values()), [comparison], audit, extra)
+    return DistillReport(report_json=ctx.relative(json_path), report_md=ctx.relative(md_path),
+                         comparison=comparison.sentence, meets_target=comparison.meets_target,
+                         test_rows=test.num_rows, validation_rows=val.num_rows)
+
+
+def _rows(rows) -> dict:
+    return {"rows_in": rows.rows_in, "rows_out": rows.rows_out, "rows_quarantined": rows.rows_quarantined}
+
+
+STAGES = [
+    Stage("prepare", run_prepare, reads=("data", "classes"),
+          about="read shards, quarantine bad rows, split by group"),
+    Stage("finetune_teacher", run_finetune_teacher, reads=TEACHER_KEYS, inputs={"data": "prepare"},
+          about="fine-tune the teacher on the clean labelled rows (Ray Train)"),
+    Stage("label", run_label, reads=SCORING_KEYS, inputs={"data": "prepare", "teacher": "finetune_teacher"},
+          about="the teacher scores every shard with class probabilities (Ray Data + vLLM)"),
+    Stage("train_student", run_train_student, reads=(*STUDENT_KEYS, "distillation"), inputs={"labels": "label"},
+          about="train the student on the given labels and the teacher's probabilities (Ray Train)"),
+    Stage("train_baseline", run_train_baseline, reads=STUDENT_KEYS, inputs={"data": "prepare"},
+          about="train the same student on the given (noisy) labels alone, same rows and budget"),
+    Stage("export", run_export, reads=("positive_class", "evaluation.fprs"),
+          inputs={"model": "train_student", "data": "prepare"},
+          about="ONNX export of the student with its threshold, parity check, throughput"),
+    Stage("evaluate", run_evaluate, reads=("positive_class", "evaluation"),
+          inputs={"data": "prepare", "teacher": "finetune_teacher", "labels": "label", "student": "train_student",
+                  "baseline": "train_baseline", "export": "export"},
+          about="teacher, baseline and student on the same test rows; label audit; report"),
+]
