@@ -21,7 +21,6 @@ import ray
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.io import expand_paths, read_shard, write_parquet_atomic
-from smallsec_ray.data.noise import inject_label_noise
 from smallsec_ray.data.splits import assign_splits, split_table
 from smallsec_ray.errors import DataError
 from smallsec_ray.spec import DataSpec
@@ -54,15 +53,12 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
 
 
 @ray.remote(num_cpus=0.5)
-def _add_split(path: str, assignment: dict[str, str], forced_split: str | None, noise: dict | None,
-               classes: list[str]) -> dict[str, int]:
+def _add_split(path: str, assignment: dict[str, str], forced_split: str | None) -> dict[str, int]:
     table = pq.read_table(path)
     if forced_split:
         table = table.append_column(schema.SPLIT, pa.array([forced_split] * table.num_rows, pa.string()))
     else:
         table = split_table(table, assignment)
-    if noise:
-        table = inject_label_noise(table, noise["flip_rates"], classes, noise["seed"])
     write_parquet_atomic(table, path)
     return dict(Counter(table.column(schema.SPLIT).to_pylist()))
 
@@ -137,12 +133,8 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     for s in read["test"]:
         assignment.update(dict.fromkeys(s["groups"], "test"))
 
-    noise = data.noise.model_dump() if data.noise and data.noise.flip_rates else None
-    split_refs = {
-        part: [_add_split.remote(s["output"], assignment, "test" if part == "test" else None,
-                                 noise if part == "noisy" else None, spec.classes) for s in read[part]]
-        for part in PARTS
-    }
+    split_refs = {part: [_add_split.remote(s["output"], assignment, "test" if part == "test" else None)
+                         for s in read[part]] for part in PARTS}
     split_counts = {part: ray.get(refs) for part, refs in split_refs.items()}
 
     parts = {}

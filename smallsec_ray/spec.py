@@ -60,11 +60,15 @@ class SplitSpec(Section):
 
 
 class NoiseSpec(Section):
-    """Synthetic label noise for experiments: flips given labels with class-conditional rates and keeps the
-    true label in `true_label`."""
+    """Label noise injected into the noisy part's given labels, for experiments (the true label is kept in
+    `true_label`); applied where labels are read, so a sweep reuses the prepared and labelled shards."""
 
-    flip_rates: dict[str, float] = Field(default_factory=dict, description="Probability that a row of class "
-                                         "KEY gets the other label, e.g. {malicious: 0.3, benign: 0.05}.")
+    mode: Literal["rows", "groups"] = Field("rows", description="rows: each row flips on its own; groups: whole "
+                                            "groups (families, binaries) are mislabelled throughout, as "
+                                            "signatures miss or over-flag whole families.")
+    flip_rates: dict[str, float] = Field(default_factory=dict, description="Per class KEY: the probability that "
+                                         "a row flips (rows), or the share of its rows in mislabelled groups "
+                                         "(groups), e.g. {malicious: 0.3, benign: 0.1}.")
     seed: int = Field(0, description="Seed of the flips.")
 
 
@@ -86,7 +90,7 @@ class DataSpec(Section):
     max_rows_per_shard: int | None = Field(None, gt=0, description="Read at most this many rows of each shard "
                                            "(quick trials); null reads all.")
     split: SplitSpec = Field(default_factory=SplitSpec, description="Group-disjoint train/validation/test split.")
-    noise: NoiseSpec | None = Field(None, description="Inject class-conditional label noise into the noisy set "
+    noise: NoiseSpec | None = Field(None, description="Inject label noise into the noisy part's given labels "
                                     "(experiments only).")
 
 
@@ -277,21 +281,30 @@ class JobSpec(Section):
         return self
 
     def values_at(self, keys: tuple[str, ...]) -> dict[str, Any]:
-        """The values at dotted key paths ("teacher.finetune", "training.epochs"), JSON-able; raises
-        KeyError naming a path the schema does not have."""
+        """The values at dotted key paths ("teacher.finetune", "training.epochs"), JSON-able; "!data.noise"
+        leaves data.noise out of "data". Raises KeyError naming a path the schema does not have."""
         dump = self.model_dump(mode="json")
-        values = {}
-        for key in keys:
-            value: Any = dump
-            for part in key.split("."):
-                if not isinstance(value, dict) or part not in value:
-                    raise KeyError(f"{key!r} is not a job spec key (see `smallsec spec-reference`)")
-                value = value[part]
-            values[key] = value
+        values = {key: _value_at(dump, key) for key in keys if not key.startswith("!")}
+        for key in keys:  # "!data.noise" leaves a sub-key out of a section read whole ("data")
+            if key.startswith("!"):
+                parent, _, leaf = key[1:].rpartition(".")
+                _value_at(dump, key[1:])
+                if parent not in values:
+                    raise KeyError(f"{key!r} leaves out a key of {parent!r}, which is not read whole")
+                values[parent] = {k: v for k, v in values[parent].items() if k != leaf}
         return values
 
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+def _value_at(dump: dict, key: str) -> Any:
+    value: Any = dump
+    for part in key.split("."):
+        if not isinstance(value, dict) or part not in value:
+            raise KeyError(f"{key!r} is not a job spec key (see `smallsec spec-reference`)")
+        value = value[part]
+    return value
+
+
 # A URI (s3://bucket/x, file:///x); Windows drive letters (C:\\) are not.
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 

@@ -150,3 +150,31 @@ def test_a_label_outside_the_classes_is_named():
 def test_a_flip_rate_outside_zero_one_is_refused():
     with pytest.raises(SpecError, match="flip_rates.benign"):
         inject_label_noise(_labelled_rows(2, ["benign"]), {"benign": 1.5}, ["benign", "malicious"], seed=0)
+
+
+def test_group_noise_mislabels_whole_groups_holding_the_share_asked(cmdlines):
+    from smallsec_ray.data.noise import apply_noise, plan_noise
+
+    classes = ["benign", "malicious"]
+    groups, labels = cmdlines[GROUP].to_pylist(), cmdlines[LABEL].to_pylist()
+    plan = plan_noise("groups", {"malicious": 0.3, "benign": 0.1}, classes, 7, groups, labels)
+    noisy = apply_noise(cmdlines, plan)
+    pairs = Counter(zip(noisy[TRUE_LABEL].to_pylist(), noisy[LABEL].to_pylist(), strict=True))
+    rows_of = Counter(labels)
+    # Whole groups: a share close to the one asked, never more than one group off.
+    biggest = max(Counter(groups).values())
+    assert abs(pairs["malicious", "benign"] - 0.3 * rows_of["malicious"]) <= biggest
+    assert abs(pairs["benign", "malicious"] - 0.1 * rows_of["benign"]) <= biggest
+    assert pairs["malicious", "benign"] / rows_of["malicious"] == pytest.approx(0.3, abs=0.03)
+    # ... and every row of a flipped group carries the same new label, every other row its own.
+    by_group = defaultdict(set)
+    for group, label, true in zip(groups, noisy[LABEL].to_pylist(), labels, strict=True):
+        by_group[group].add((label, group in plan.flipped_groups))
+        if group not in plan.flipped_groups:
+            assert label == true
+    assert all(len(v) == 1 for g, v in by_group.items() if g in plan.flipped_groups)
+    # The choice depends on the groups and the seed only, not on row order.
+    shuffled = cmdlines.take(pa.array(random.Random(0).sample(range(cmdlines.num_rows), cmdlines.num_rows)))
+    again = plan_noise("groups", {"malicious": 0.3, "benign": 0.1}, classes, 7, shuffled[GROUP].to_pylist(),
+                       shuffled[LABEL].to_pylist())
+    assert again.flipped_groups == plan.flipped_groups

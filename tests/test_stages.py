@@ -154,13 +154,16 @@ EDITS = [
     ({"evaluation": {"fprs": [0.05]}}, ["export", "evaluate"]),
     ({"evaluation": {"group_by": ["platform"]}}, ["evaluate"]),
     ({"data": {"split": {"seed": 3}}}, [s.name for s in DISTILL]),
+    # Noise is applied where labels are read: a sweep reuses the prepared and scored shards.
+    ({"data": {"noise": {"mode": "groups", "flip_rates": {"malicious": 0.3}}}},
+     ["train_student", "train_baseline", "export", "evaluate"]),
 ]
 
 
 def _merged(base: dict, edit: dict) -> dict:
     out = dict(base)
     for key, value in edit.items():
-        out[key] = _merged(base.get(key, {}), value) if isinstance(value, dict) else value
+        out[key] = _merged(base.get(key) or {}, value) if isinstance(value, dict) else value
     return out
 
 

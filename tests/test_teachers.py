@@ -204,3 +204,20 @@ def test_bundled_smollm2_converts_to_safetensors():
     assert (folder / "model.safetensors").is_file()
     tokenizer = AutoTokenizer.from_pretrained(folder)
     assert tokenizer.chat_template and len(tokenizer.encode(" malicious", add_special_tokens=False)) == 1
+
+
+def test_cpu_only_engine_settings_apply_only_to_replicas_without_a_gpu(monkeypatch):
+    from smallsec_ray.runtime import apply_env_defaults
+    from smallsec_ray.teachers.backends import engine_options
+
+    assert engine_options("cpu", {}) == {"enforce_eager": True}
+    assert engine_options("cpu", {"enforce_eager": False}) == {"enforce_eager": False}
+    spec_engine = {"enforce_eager": None, "gpu_memory_utilization": 0.8, "tensor_parallel_size": 2,
+                   "max_num_seqs": None}
+    assert engine_options("cuda", spec_engine) == {"gpu_memory_utilization": 0.8, "tensor_parallel_size": 2}
+    for key in CPU_ENGINE_ENV:
+        monkeypatch.delenv(key, raising=False)
+    apply_env_defaults("cuda")
+    assert not any(key in os.environ for key in CPU_ENGINE_ENV)  # CUDA graphs and vLLM's own process stay on
+    apply_env_defaults("cpu")
+    assert all(os.environ[key] == value for key, value in CPU_ENGINE_ENV.items())

@@ -24,10 +24,12 @@ from ray.data.expressions import col
 
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
+from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
 from smallsec_ray.evaluation import pick_threshold
 from smallsec_ray.export import OnnxScorer, export_onnx
 from smallsec_ray.labeling import label_shards
 from smallsec_ray.prepare import PreparedData
+from smallsec_ray.spec import JobSpec
 from smallsec_ray.stages import StageContext
 from smallsec_ray.students.folder import Lineage, load_model
 from smallsec_ray.teachers.bundled import resolve_model
@@ -41,7 +43,7 @@ TRAIN_COLUMNS = [schema.ID, schema.TEXT, schema.LABEL, schema.SPLIT, schema.PROB
 TEACHER_KEYS = ("classes", "teacher.kind", "teacher.model", "teacher.max_length", "teacher.finetune")
 SCORING_KEYS = ("classes", "artifact", "teacher.kind", "teacher.backend", "teacher.max_length", "teacher.dtype",
                 "teacher.prompt_template", "teacher.verbalizers", "labeling.on_too_long")
-STUDENT_KEYS = ("classes", "student", "training")
+STUDENT_KEYS = ("classes", "student", "training", "data.noise")
 
 
 # ---------------------------------------------------------------- teacher
@@ -107,18 +109,43 @@ def label_parts(ctx: StageContext, data: PreparedData, teacher: TeacherModel, pa
 # ---------------------------------------------------------------- student
 
 
-def train_on(ctx: StageContext, paths: list[str], val_paths: list[str], distilled: bool,
+def train_on(ctx: StageContext, clean: list[str], noisy: list[str], val_paths: list[str], distilled: bool,
              teacher: dict | None = None) -> TrainedModel:
-    """A student trained on the train split of `paths` (with the teacher's probabilities when `distilled`),
-    its best epoch picked on the validation split of `val_paths`."""
+    """A student trained on the train split of the `clean` and `noisy` shards (with the teacher's
+    probabilities when `distilled`; data.noise, if any, on the noisy shards' labels), its best epoch
+    picked on the validation split of `val_paths`."""
     spec = ctx.spec
+    plan = noise_plan(spec, noisy)
+    train = dataset(clean + noisy, "train", distilled) if plan is None else dataset(clean, "train", distilled).union(
+        dataset(noisy, "train", distilled, extra=(schema.GROUP,)).map_batches(
+            with_noise, batch_format="pyarrow", fn_kwargs={"plan": plan}))
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,
                       data={"input_runs": ctx.input_runs}, teacher=[teacher] if teacher else [])
-    trained = train_student(spec.training, spec.student, spec.classes, dataset(paths, "train", distilled),
+    trained = train_student(spec.training, spec.student, spec.classes, train,
                             dataset(val_paths, "validation", distilled), ctx.stage_dir,
                             distillation=spec.distillation if distilled else None, lineage=lineage,
                             name=ctx.stage_dir.name)
     return replace(trained, model_dir=ctx.relative(trained.model_dir))
+
+
+def noise_plan(spec: JobSpec, noisy: list[str]) -> NoisePlan | None:
+    """The plan of data.noise over the noisy shards (None without noise). Mode groups reads the shards'
+    groups and labels here: noise is for experiments, whose data fits a driver."""
+    noise = spec.data.noise
+    if noise is None or not any(noise.flip_rates.values()) or not noisy:
+        return None
+    groups: list = []
+    labels: list = []
+    if noise.mode == "groups":
+        table = pa.concat_tables([pq.read_table(p, columns=[schema.GROUP, schema.LABEL]) for p in noisy])
+        groups, labels = strings(table, schema.GROUP), strings(table, schema.LABEL)
+    return plan_noise(noise.mode, noise.flip_rates, spec.classes, noise.seed, groups, labels)
+
+
+def with_noise(batch: pa.Table, plan: NoisePlan) -> pa.Table:
+    """A batch of training rows with noisy labels, in the training columns."""
+    noisy = apply_noise(batch, plan)
+    return noisy.select([c for c in TRAIN_COLUMNS if c in noisy.column_names])
 
 
 @dataclass
@@ -162,9 +189,9 @@ def ctx_paths(ctx: StageContext, shards: list[str]) -> list[str]:
     return [str(ctx.path(s)) for s in shards]
 
 
-def dataset(paths: list[str], split: str, with_probs: bool = True) -> ray.data.Dataset:
-    """Ray Data rows of one split of some shards: the columns training reads."""
-    wanted = TRAIN_COLUMNS if with_probs else [c for c in TRAIN_COLUMNS if c != schema.PROBS]
+def dataset(paths: list[str], split: str, with_probs: bool = True, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
+    """Ray Data rows of one split of some shards: the columns training reads (and `extra` ones)."""
+    wanted = [c for c in TRAIN_COLUMNS if with_probs or c != schema.PROBS] + list(extra)
     columns = [c for c in wanted if c in pq.read_schema(paths[0]).names] if paths else wanted
     return ray.data.read_parquet(paths, columns=columns).filter(expr=col(schema.SPLIT) == split)
 

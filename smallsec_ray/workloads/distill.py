@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from smallsec_ray.data import schema
+from smallsec_ray.data.noise import apply_noise
 from smallsec_ray.evaluation import compare_at_threshold, evaluate_model, label_audit
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.report import write_report
@@ -28,6 +29,7 @@ from smallsec_ray.workloads.common import (
     TeacherModel,
     ctx_paths,
     label_parts,
+    noise_plan,
     probs_of,
     read_rows,
     run_export,
@@ -46,14 +48,14 @@ def run_label(ctx: StageContext, data: PreparedData, teacher: TeacherModel) -> T
 
 
 def run_train_student(ctx: StageContext, labels: TeacherLabels) -> TrainedModel:
-    return train_on(ctx, ctx_paths(ctx, labels.shards(*TRAIN_PARTS)), ctx_paths(ctx, labels.shards("labelled")),
-                    distilled=True, teacher=labels.teacher)
+    clean, noisy = (ctx_paths(ctx, labels.shards(part)) for part in TRAIN_PARTS)
+    return train_on(ctx, clean, noisy, clean, distilled=True, teacher=labels.teacher)
 
 
 def run_train_baseline(ctx: StageContext, data: PreparedData) -> TrainedModel:
     # Same rows, model and budget as the student; only the given (noisy) labels.
-    return train_on(ctx, ctx_paths(ctx, data.shards(*TRAIN_PARTS)), ctx_paths(ctx, data.shards("labelled")),
-                    distilled=False)
+    clean, noisy = (ctx_paths(ctx, data.shards(part)) for part in TRAIN_PARTS)
+    return train_on(ctx, clean, noisy, clean, distilled=False)
 
 
 @dataclass
@@ -84,7 +86,10 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, l
                                       fpr=max(spec.evaluation.fprs))
 
     # The label audit: noisy rows whose given label the teacher confidently disputes.
-    noisy = read_rows(ctx_paths(ctx, labels.shards("noisy")))
+    noisy_paths = ctx_paths(ctx, labels.shards("noisy"))
+    noisy = read_rows(noisy_paths)
+    plan = noise_plan(spec, noisy_paths)
+    noisy = noisy if plan is None else apply_noise(noisy, plan)
     true_labels = strings(noisy, schema.TRUE_LABEL) if schema.TRUE_LABEL in noisy.column_names else None
     audit = label_audit(strings(noisy, schema.ID), strings(noisy, schema.TEXT), strings(noisy, schema.LABEL),
                         probs_of(noisy), spec.classes, spec.evaluation.audit_top_k, true_labels)
@@ -107,7 +112,7 @@ def _rows(rows) -> dict:
 
 
 STAGES = [
-    Stage("prepare", run_prepare, reads=("data", "classes"),
+    Stage("prepare", run_prepare, reads=("classes", "data", "!data.noise"),
           about="read shards, quarantine bad rows, split by group"),
     Stage("finetune_teacher", run_finetune_teacher, reads=TEACHER_KEYS, inputs={"data": "prepare"},
           about="fine-tune the teacher on the clean labelled rows (Ray Train)"),
@@ -120,7 +125,7 @@ STAGES = [
     Stage("export", run_export, reads=("positive_class", "evaluation.fprs"),
           inputs={"model": "train_student", "data": "prepare"},
           about="ONNX export of the student with its threshold, parity check, throughput"),
-    Stage("evaluate", run_evaluate, reads=("positive_class", "evaluation"),
+    Stage("evaluate", run_evaluate, reads=("positive_class", "evaluation", "data.noise"),
           inputs={"data": "prepare", "teacher": "finetune_teacher", "labels": "label", "student": "train_student",
                   "baseline": "train_baseline", "export": "export"},
           about="teacher, baseline and student on the same test rows; label audit; report"),
