@@ -122,6 +122,9 @@ class ModelReport:
     fprs: list[float]
     n_validation: int
     thresholds: dict[str, float]
+    # Validation negatives at or above each threshold: the rows its FPR rests on (1% FPR on 150 benign
+    # rows rests on 1 row: a threshold that the next sample moves a lot).
+    threshold_support: dict[str, int]
     overall: Metrics
     groups: dict[str, dict[str, Metrics]]  # group column -> value -> metrics
     scores: np.ndarray = field(repr=False)  # positive-class score of each test row (plots, comparisons)
@@ -149,6 +152,7 @@ def evaluate_model(name: str, probs: np.ndarray, labels: list[str], classes: lis
     val_scores, val_y = _binary_view(f"{name} validation", val_probs, val_labels, classes, pos)
     thresholds = {threshold_name(f): pick_threshold(val_scores, val_y, f) for f in fprs}
     thresholds.update(extra_thresholds or {})
+    support = {name: int(((val_scores >= t) & (val_y == 0)).sum()) for name, t in thresholds.items()}
     per_group: dict[str, dict[str, Metrics]] = {}
     for column, values in (groups or {}).items():
         if len(values) != len(labels):
@@ -158,7 +162,7 @@ def evaluate_model(name: str, probs: np.ndarray, labels: list[str], classes: lis
                                                     fprs)
                              for value in sorted(set(keys))}
     return ModelReport(name=name, classes=list(classes), positive_class=positive_class, fprs=list(fprs),
-                       n_validation=len(val_labels), thresholds=thresholds,
+                       n_validation=len(val_labels), thresholds=thresholds, threshold_support=support,
                        overall=evaluate_scores(scores, y_true, thresholds, fprs), groups=per_group,
                        scores=scores, y_true=y_true)
 
@@ -184,6 +188,7 @@ class Comparison:
     target: str
     meets_target: bool
     sentence: str
+    verdict: str  # one sentence for the top of the report: did the candidate beat the baseline
 
 
 def compare_at_threshold(baseline: ModelReport, candidate: ModelReport, fpr: float = 0.01,
@@ -218,6 +223,7 @@ def compare_at_threshold(baseline: ModelReport, candidate: ModelReport, fpr: flo
         fp_change_at_equal_tpr=fp_change, tpr_change_points=tpr_points, target=target, meets_target=meets,
         sentence=_comparison_sentence(baseline.name, candidate.name, fpr, base_point, cand_equal, cand_own,
                                       fp_change, tpr_points, target, meets),
+        verdict=_verdict(baseline.name, candidate.name, fpr, base_point, cand_own, cand_equal, meets),
     )
 
 
@@ -238,6 +244,14 @@ def _comparison_sentence(base: str, cand: str, fpr: float, base_point: Operating
             f"{cand} detects {_pct(cand_own.tpr)} against {_pct(base_point.tpr)} for {base} ({points}), "
             f"with {cand_own.fp} and {base_point.fp} false positives respectively. "
             f"Target ({target}): {'met' if meets else 'not met'}.")
+
+
+def _verdict(base: str, cand: str, fpr: float, base_point: OperatingPoint, cand_own: OperatingPoint,
+             cand_equal: OperatingPoint, meets: bool) -> str:
+    outcome = "beat" if meets else "did not beat"
+    return (f"The {cand} {outcome} the {base}: at the thresholds picked for {fpr:g} FPR on validation it detects "
+            f"{_pct(cand_own.tpr)} of the test positives against {_pct(base_point.tpr)}, and at equal TPR it has "
+            f"{cand_equal.fp} false positives against {base_point.fp}.")
 
 
 def _pct(value: float | None) -> str:

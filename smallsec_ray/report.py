@@ -174,7 +174,9 @@ def _slug(name: str) -> str:
 
 def _markdown(job: dict, stages: list[dict], models: list[ModelReport], comparisons: list[Comparison],
               audit: Audit | None, extra: dict, plots: dict[str, str]) -> str:
-    parts = [f"# Run report: {job.get('name', 'unnamed job')}", "", "## What ran", "",
+    parts = [f"# Run report: {job.get('name', 'unnamed job')}", ""]
+    parts += [f"**{c.verdict}**" for c in comparisons] + ([""] if comparisons else [])
+    parts += ["## What ran", "",
              _table(["key", "value"], [[k, _value(v)] for k, v in job.items()]), "",
              "## Rows per stage", "", _stage_table(stages), ""]
     if models:
@@ -217,9 +219,11 @@ def _models_section(models: list[ModelReport], plots: dict[str, str]) -> list[st
         parts += [f"![ROC curves]({plots['roc']})", ""]
     for m in models:
         parts += [f"### {m.name}: operating points on the test rows", "",
-                  _table(["threshold", "value", "TP", "FP", "TN", "FN", "TPR", "FPR"],
-                         [[name, f"{p.threshold:.6g}", _fmt(p.tp), _fmt(p.fp), _fmt(p.tn), _fmt(p.fn),
-                           _fmt(p.tpr), _fmt(p.fpr)] for name, p in m.overall.at_threshold.items()]), "",
+                  _table(["threshold", "value", "rests on (validation negatives above)", "TP", "FP", "TN", "FN",
+                          "TPR", "FPR"],
+                         [[name, f"{p.threshold:.6g}", _fmt(m.threshold_support.get(name)), _fmt(p.tp), _fmt(p.fp),
+                           _fmt(p.tn), _fmt(p.fn), _fmt(p.tpr), _fmt(p.fpr)]
+                          for name, p in m.overall.at_threshold.items()]), "",
                   "Oracle TPR (threshold tuned on these test rows to keep FPR at or below the target; no deployed "
                   "model can tune it so): "
                   + ", ".join(f"{_fmt(t)} at FPR {f}" for f, t in m.overall.oracle_tpr_at_fpr.items()) + ".",

@@ -225,9 +225,20 @@ class TrainingSpec(FitSpec):
 class DistillationSpec(Section):
     """How the student learns from the teacher's probabilities next to the given (noisy) labels."""
 
+    policy: Literal["soft", "relabel", "weighted"] = Field(
+        "soft", description="soft: given labels and the teacher's probabilities mixed by alpha; relabel: where the "
+        "teacher confidently disagrees with a noisy row's label, the label becomes the teacher's class; "
+        "weighted: a noisy row weighs p_teacher(given label)^weight_power. The soft term (alpha) applies "
+        "to all three.")
     alpha: float = Field(0.5, ge=0.0, le=1.0, description="Weight of the hard-label loss; 1 - alpha goes to "
-                         "the teacher's soft labels.")
+                         "the teacher's soft labels (below 0.5 the teacher weighs more than the given labels).")
     temperature: float = Field(2.0, gt=0, description="Distillation temperature T.")
+    relabel_precision: float = Field(0.8, gt=0, lt=1, description="relabel: per class, the lowest threshold on "
+                                     "the teacher's doubt whose changes are estimated (on clean validation rows) "
+                                     "to fix a wrong label at least this often.")
+    relabel_threshold: float | None = Field(None, ge=0.5, lt=1, description="relabel: a fixed threshold on "
+                                            "1 - p_teacher(given label) instead of the estimate.")
+    weight_power: float = Field(1.0, gt=0, description="weighted: the power of p_teacher(given label).")
 
 
 class EvaluationSpec(Section):
@@ -237,6 +248,10 @@ class EvaluationSpec(Section):
                                 "per value of (e.g. source, platform).")
     audit_top_k: int = Field(100, ge=0, description="Rows listed in the label audit (teacher confidently "
                              "disagrees with the given label).")
+    linear_reference: bool = Field(True, description="Also report a char n-gram TF-IDF + logistic regression "
+                                   "model trained on the baseline's rows and labels (scikit-learn, on the driver).")
+    reference_max_rows: int = Field(200_000, ge=1, description="Training rows of the linear reference at most (a "
+                                    "seeded sample by row id).")
 
 
 class ResourcesSpec(Section):

@@ -35,6 +35,7 @@ from torch import nn
 from smallsec_ray import console
 from smallsec_ray.data.schema import LABEL, PROBS, TEXT, WEIGHT
 from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.label_policy import PolicyReport
 from smallsec_ray.spec import DistillationSpec, FitSpec, StudentSpec
 from smallsec_ray.students import build_from_config, build_student, student_config
 from smallsec_ray.students.encoders import encoder_from_config
@@ -288,6 +289,7 @@ class TrainedModel:
     best_epoch: int  # 1-based epoch whose model model_dir holds (0: a mid-epoch checkpoint)
     samples_per_s: float  # training rows per second over all epochs (validation excluded)
     train_rows: int  # rows of one epoch, all workers
+    label_policy: PolicyReport | None = None  # what a distilled student's label policy did to the noisy rows
 
 
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,

@@ -27,6 +27,7 @@ from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
 from smallsec_ray.evaluation import pick_threshold
 from smallsec_ray.export import OnnxScorer, export_onnx
+from smallsec_ray.label_policy import PolicyPlan, apply_policy, plan_policy
 from smallsec_ray.labeling import label_shards
 from smallsec_ray.prepare import PreparedData
 from smallsec_ray.spec import JobSpec
@@ -115,17 +116,30 @@ def train_on(ctx: StageContext, clean: list[str], noisy: list[str], val_paths: l
     probabilities when `distilled`; data.noise, if any, on the noisy shards' labels), its best epoch
     picked on the validation split of `val_paths`."""
     spec = ctx.spec
-    plan = noise_plan(spec, noisy)
-    train = dataset(clean + noisy, "train", distilled) if plan is None else dataset(clean, "train", distilled).union(
-        dataset(noisy, "train", distilled, extra=(schema.GROUP,)).map_batches(
-            with_noise, batch_format="pyarrow", fn_kwargs={"plan": plan}))
+    noise = noise_plan(spec, noisy)
+    policy, report = None, None
+    if distilled and spec.distillation.policy != "soft":
+        val = read_rows(val_paths, "validation")
+        policy, report = plan_policy(spec.distillation, spec.classes, noisy, strings(val, schema.LABEL),
+                                     probs_of(val), noise)
+    weighted = policy is not None and policy.policy == "weighted"
+    columns = training_columns(clean + noisy, distilled) + ([schema.WEIGHT] if weighted else [])
+    train = dataset(clean, "train", distilled)
+    if weighted:
+        train = train.map_batches(with_weight, batch_format="pyarrow")  # the clean rows are trusted
+    if noisy:
+        noisy_rows = dataset(noisy, "train", distilled, extra=(schema.GROUP,))
+        if noise is not None or policy is not None:
+            noisy_rows = noisy_rows.map_batches(with_targets, batch_format="pyarrow",
+                                                fn_kwargs={"noise": noise, "policy": policy})
+        train = train.union(noisy_rows.select_columns(columns))
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,
                       data={"input_runs": ctx.input_runs}, teacher=[teacher] if teacher else [])
     trained = train_student(spec.training, spec.student, spec.classes, train,
                             dataset(val_paths, "validation", distilled), ctx.stage_dir,
                             distillation=spec.distillation if distilled else None, lineage=lineage,
                             name=ctx.stage_dir.name)
-    return replace(trained, model_dir=ctx.relative(trained.model_dir))
+    return replace(trained, model_dir=ctx.relative(trained.model_dir), label_policy=report)
 
 
 def noise_plan(spec: JobSpec, noisy: list[str]) -> NoisePlan | None:
@@ -142,10 +156,17 @@ def noise_plan(spec: JobSpec, noisy: list[str]) -> NoisePlan | None:
     return plan_noise(noise.mode, noise.flip_rates, spec.classes, noise.seed, groups, labels)
 
 
-def with_noise(batch: pa.Table, plan: NoisePlan) -> pa.Table:
-    """A batch of training rows with noisy labels, in the training columns."""
-    noisy = apply_noise(batch, plan)
-    return noisy.select([c for c in TRAIN_COLUMNS if c in noisy.column_names])
+def with_targets(batch: pa.Table, noise: NoisePlan | None, policy: PolicyPlan | None) -> pa.Table:
+    """Noisy rows as the student learns them: data.noise on their labels, then the label policy."""
+    if noise is not None:
+        batch = apply_noise(batch, noise)
+    if policy is not None:
+        batch = apply_policy(batch, policy)
+    return batch
+
+
+def with_weight(batch: pa.Table) -> pa.Table:
+    return batch.append_column(schema.WEIGHT, pa.array(np.ones(batch.num_rows, np.float32)))
 
 
 @dataclass
@@ -189,10 +210,15 @@ def ctx_paths(ctx: StageContext, shards: list[str]) -> list[str]:
     return [str(ctx.path(s)) for s in shards]
 
 
+def training_columns(paths: list[str], with_probs: bool) -> list[str]:
+    """The columns training reads that the shards have (probs only for a distilled student)."""
+    wanted = [c for c in TRAIN_COLUMNS if with_probs or c != schema.PROBS]
+    return [c for c in wanted if c in pq.read_schema(paths[0]).names] if paths else wanted
+
+
 def dataset(paths: list[str], split: str, with_probs: bool = True, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Ray Data rows of one split of some shards: the columns training reads (and `extra` ones)."""
-    wanted = [c for c in TRAIN_COLUMNS if with_probs or c != schema.PROBS] + list(extra)
-    columns = [c for c in wanted if c in pq.read_schema(paths[0]).names] if paths else wanted
+    columns = training_columns(paths, with_probs) + list(extra)
     return ray.data.read_parquet(paths, columns=columns).filter(expr=col(schema.SPLIT) == split)
 
 

@@ -13,10 +13,13 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import pyarrow as pa
+
 from smallsec_ray.data import schema
 from smallsec_ray.data.noise import apply_noise
 from smallsec_ray.evaluation import compare_at_threshold, evaluate_model, label_audit
 from smallsec_ray.prepare import PreparedData, run_prepare
+from smallsec_ray.reference import fit_linear_reference
 from smallsec_ray.report import write_report
 from smallsec_ray.stages import Stage, StageContext
 from smallsec_ray.training.trainer import TrainedModel
@@ -76,6 +79,22 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, l
     groups = {column: strings(test, column) for column in spec.evaluation.group_by if column in test.column_names}
     texts, val_texts = strings(test, schema.TEXT), strings(val, schema.TEXT)
     probs = {"teacher": (probs_of(test), probs_of(val))}
+    extra: dict = {}
+    if spec.evaluation.linear_reference:
+        # Same rows and labels as the baseline student.
+        clean, noisy = (ctx_paths(ctx, data.shards(part)) for part in TRAIN_PARTS)
+        plan = noise_plan(spec, noisy)
+        columns = [schema.ID, schema.TEXT, schema.LABEL, schema.GROUP]
+        parts = [read_rows(clean, "train").select(columns)]
+        if noisy:
+            noisy_rows = read_rows(noisy, "train").select(columns)
+            parts.append(noisy_rows if plan is None else apply_noise(noisy_rows, plan).select(columns))
+        rows = pa.concat_tables(parts)
+        reference, fit = fit_linear_reference(strings(rows, schema.TEXT), strings(rows, schema.LABEL),
+                                              strings(rows, schema.ID), val_texts, strings(val, schema.LABEL),
+                                              spec.classes, spec.positive_class, spec.evaluation.reference_max_rows)
+        probs["linear reference"] = (reference.predict_proba(texts), reference.predict_proba(val_texts))
+        extra["linear_reference"] = fit
     for name, model in (("baseline student", baseline), ("distilled student", student)):
         folder = ctx.path(model.model_dir)
         probs[name] = (score_student(folder, texts), score_student(folder, val_texts))
@@ -95,7 +114,7 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, l
                         probs_of(noisy), spec.classes, spec.evaluation.audit_top_k, true_labels)
 
     stages = [{"stage": "prepare", **_rows(data.rows)}, {"stage": "label", **_rows(labels.rows)}]
-    extra = {"teacher": labels.teacher, "export": export,
+    extra |= {"teacher": labels.teacher, "export": export,
              "training": {name: {"best_epoch": t.best_epoch, "samples_per_s": t.samples_per_s, "epochs": t.epochs}
                           for name, t in (("finetune_teacher", teacher.training), ("train_student", student),
                                           ("train_baseline", baseline)) if t is not None}}
