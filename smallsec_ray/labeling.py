@@ -39,7 +39,8 @@ from ray.data import ActorPoolStrategy
 
 from smallsec_ray import console
 from smallsec_ray.data.accounting import RowCounts
-from smallsec_ray.data.schema import META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
+from smallsec_ray.data.io import write_parquet_atomic
+from smallsec_ray.data.schema import ID, META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.teachers.backends import Teacher, make_teacher, teacher_identity
 
@@ -97,7 +98,7 @@ class LabelRun:
 def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classes: list[str],
                  replicas: int | tuple[int, int] = 1, cpus_per_replica: float = 1.0,
                  gpus_per_replica: float = 0.0, batch_size: int = 64,
-                 on_too_long: OnTooLong = "truncate") -> LabelRun:
+                 on_too_long: OnTooLong = "truncate", name: str = "label") -> LabelRun:
     """Labels every input shard whose output is missing, with `replicas` teacher actors (a fixed count, or
     (min, max) for an autoscaling pool), and returns the row accounting of all shards.
 
@@ -126,7 +127,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
                                    "on_too_long": on_too_long, "relay": console.relay()})
         total_rows = sum(pq.read_metadata(s).num_rows for s in pending)
         progress = console.current()
-        with progress.track("label", total_rows, len(pending)) if progress else nullcontext() as tracker:
+        with progress.track(name, total_rows, len(pending)) if progress else nullcontext() as tracker:
             for row in labelled.iter_rows():
                 # Ray hands back numpy scalars; the result must hold plain values (it becomes JSON).
                 plain = {k: v.item() if isinstance(v, np.generic) else v for k, v in row.items()}
@@ -137,6 +138,41 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     result.seconds = time.monotonic() - started
     _check_accounting(result)
     return result
+
+
+def average_runs(runs: list[LabelRun], out_dir: str | Path) -> LabelRun:
+    """An ensemble's labels: for each input shard, the members' probabilities averaged into
+    out_dir/probs/NAME.parquet (rows and their order are the same in every member's shard)."""
+    started = time.monotonic()
+    identity = {"ensemble": [run.teacher for run in runs]}
+    out = Path(out_dir)
+    refs = [_average_shard.remote([s.output for s in shards], str(out / PROBS_DIR / Path(shards[0].input).name),
+                                  identity, len(runs[0].classes))
+            for shards in zip(*(run.shards for run in runs), strict=True)]
+    ray.get(refs)
+    first = runs[0]
+    shards = [ShardLabels(s.input, str(out / PROBS_DIR / Path(s.input).name), s.quarantine, s.rows_in,
+                          s.rows_labelled, s.rows_quarantined, s.rows_truncated,
+                          skipped=all(run.shards[i].skipped for run in runs), seconds=s.seconds)
+              for i, s in enumerate(first.shards)]
+    result = LabelRun(str(out), first.classes, identity, shards, seconds=time.monotonic() - started)
+    _check_accounting(result)
+    return result
+
+
+@ray.remote(num_cpus=0.5)
+def _average_shard(members: list[str], target: str, identity: dict, num_classes: int) -> None:
+    tables = [pq.read_table(path) for path in members]
+    ids = tables[0][ID]
+    for path, table in zip(members[1:], tables[1:], strict=True):
+        if not table[ID].equals(ids):
+            raise StageError(f"{path} holds other rows than {members[0]}; ensemble members must label the same "
+                             "rows: delete the label stage's folder and run it again")
+    mean = np.mean([np.asarray(t[PROBS].to_pylist(), np.float32).reshape(-1, num_classes) for t in tables], axis=0)
+    probs = pa.FixedSizeListArray.from_arrays(pa.array(mean.ravel()), num_classes).cast(pa.list_(pa.float32()))
+    table = tables[0].set_column(tables[0].schema.get_field_index(PROBS), PROBS, probs)
+    metadata = {**(table.schema.metadata or {}), META_TEACHER: json.dumps(identity, sort_keys=True).encode()}
+    write_parquet_atomic(table, target, metadata)
 
 
 def _teacher_args(teacher_cfg: dict, classes: list[str]) -> dict:

@@ -152,6 +152,15 @@ class FinetuneSpec(FitSpec):
                           "up from 0.")
 
 
+class EnsembleSpec(Section):
+    """Several teachers whose averaged probabilities label the data (each fine-tuned and served as one)."""
+
+    size: int = Field(1, ge=1, le=16, description="Teachers in the ensemble (1: a single teacher).")
+    split: Literal["folds", "seeds"] = Field(
+        "folds", description="folds: member i leaves out fold i of the clean training groups (k-fold); seeds: "
+        "every member sees all clean rows, with its own seed.")
+
+
 class EngineSpec(Section):
     """vLLM engine settings of each teacher replica; null leaves vLLM's own default (or the CPU one)."""
 
@@ -181,6 +190,8 @@ class TeacherSpec(Section):
     verbalizers: dict[str, str] = Field(default_factory=dict, description="Label token text of each class for "
                                         "a generative teacher (default: ' ' + class name).")
     finetune: FinetuneSpec = Field(default_factory=FinetuneSpec, description="Teacher fine-tuning stage.")
+    ensemble: EnsembleSpec = Field(default_factory=EnsembleSpec, description="Teacher ensembles (classifier "
+                                   "teachers fine-tuned here).")
     engine: EngineSpec = Field(default_factory=EngineSpec, description="vLLM engine settings of each replica.")
 
 
@@ -290,6 +301,9 @@ class JobSpec(Section):
         if unknown:
             raise ValueError(f"data.noise.flip_rates names unknown classes {sorted(unknown)}; "
                              f"allowed: {self.classes}")
+        if self.teacher.ensemble.size > 1 and not (self.teacher.kind == "classifier" and self.teacher.finetune.enabled):
+            raise ValueError("teacher.ensemble.size > 1 needs a classifier teacher fine-tuned here "
+                             "(teacher.kind: classifier, teacher.finetune.enabled: true)")
         unknown = set(self.teacher.verbalizers) - set(self.classes)
         if unknown:
             raise ValueError(f"teacher.verbalizers names unknown classes {sorted(unknown)}; allowed: {self.classes}")

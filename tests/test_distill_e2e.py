@@ -25,7 +25,8 @@ def distill_spec(data: Path, out: Path, teacher: str, **overrides) -> dict:
     spec = {
         "name": "e2e", "workload": "distill", "artifact": "cmdline",
         "data": {"labelled": [str(data / "cmdline/labelled")], "noisy": [str(data / "cmdline/noisy")],
-                 "test": [str(data / "cmdline/test")], "split": {"validation": 0.25, "test": 0.0}},
+                 "test": [str(data / "cmdline/test")], "split": {"validation": 0.25, "test": 0.0},
+                 "noise": {"mode": "groups", "flip_rates": {"malicious": 0.2}}},
         "teacher": {"model": teacher, "max_length": 64,
                     "finetune": {"epochs": 1, "batch_size": 32, "learning_rate": 1e-3}},
         "labeling": {"cpus_per_replica": 0.5, "batch_size": 16},
@@ -53,7 +54,9 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
         b'{"text": "whoami", "label": "evil"}\n')
     out = tmp_path / "run"
     spec_path = tmp_path / "job.yaml"
-    spec_path.write_text(yaml.safe_dump(distill_spec(data, out, str(tiny_classifier))))
+    spec = distill_spec(data, out, str(tiny_classifier), distillation={"policy": "relabel", "alpha": 0.5})
+    spec["teacher"]["ensemble"] = {"size": 2, "split": "folds"}  # two teachers, averaged
+    spec_path.write_text(yaml.safe_dump(spec))
 
     # As a user runs it, output to a pipe: the console shows stages, epochs and labelling progress;
     # Ray's, vLLM's and DeepSpeed's own lines go to the run's log.
@@ -64,8 +67,8 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     printed = proc.stdout
     assert f"log {out / 'job.log'}" in printed.splitlines()[0]
     assert "[7/7] evaluate: done" in printed
-    assert "train_student: epoch 2/2" in printed and "finetune_teacher: epoch 1/1" in printed
-    assert "label: 0/" in printed or "label: 1/" in printed, printed  # the labelling progress line
+    assert "train_student: epoch 2/2" in printed and "finetune_teacher[1]: epoch 1/1" in printed
+    assert "label[1]: 0/" in printed or "label[1]: 1/" in printed, printed  # the labelling progress line
     assert not any(noise in printed for noise in RAY_INTERNALS), printed
     assert proc.stderr.strip() == "", proc.stderr[-2000:]
     assert "PlacementGroupCleaner" in (out / "job.log").read_text() or "Ray" in (out / "job.log").read_text()
@@ -79,8 +82,15 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     scored = ("labelled", "noisy", "test")
     assert label["rows"]["rows_in"] == sum(prepare["parts"][p]["rows"]["rows_out"] for p in scored)
 
+    assert len(result_of(out, "finetune_teacher")["members"]) == 2 and len(label["teacher"]["ensemble"]) == 2
+    policy = result_of(out, "train_student")["label_policy"]
+    assert policy["policy"] == "relabel" and set(policy["thresholds"]) == {"benign", "malicious"}
+    assert policy["changed_correctly"] is not None  # data.noise keeps the true labels
+
     report = json.loads((out / "report.json").read_text())
-    assert [m["name"] for m in report["models"]] == ["teacher", "baseline student", "distilled student"]
+    assert [m["name"] for m in report["models"]] == ["teacher", "linear reference", "baseline student",
+                                                     "distilled student"]
+    assert (out / "report.md").read_text().splitlines()[2].startswith("**The distilled student ")
     assert len({m["overall"]["n"] for m in report["models"]}) == 1  # the same test rows for all three
     assert (out / "plots" / "roc.png").stat().st_size > 10_000
     assert "![ROC curves](plots/roc.png)" in (out / "report.md").read_text()
@@ -89,12 +99,12 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     assert export["parity_max_abs_diff"] <= 1e-4
     shipped = out / export["model_dir"]
     config = read_config(shipped)
-    assert config.lineage.job == "e2e" and config.lineage.teacher[0]["kind"] == "classifier"
+    assert config.lineage.job == "e2e" and len(config.lineage.teacher[0]["ensemble"]) == 2
     assert set(config.thresholds) == {"malicious"} and config.onnx is not None
 
     # A second job continues the shipped student on the same data (teacher already fine-tuned), in
     # this process, on the session's Ray.
-    teacher = out / result_of(out, "finetune_teacher")["model"]
+    teacher = out / result_of(out, "finetune_teacher")["members"][0]["model"]
     more = tmp_path / "more"
     spec2 = distill_spec(data, more, str(teacher), name="e2e-continued",
                          student={"init_from": str(shipped)}, training={"epochs": 1, "batch_size": 64})
@@ -102,7 +112,7 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     spec2_path = tmp_path / "job2.yaml"
     spec2_path.write_text(yaml.safe_dump(spec2))
     capsys.readouterr()
-    assert main(["run", str(spec2_path)]) == 0
+    assert main(["run", str(spec2_path), "--until", "export"]) == 0  # the shipped student, no comparison
     continued = more / result_of(more, "export")["model_dir"]
     assert read_config(continued).lineage.parent["job"] == "e2e"
     assert read_config(continued).architecture == config.architecture

@@ -62,3 +62,52 @@ def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_loc
     assert tensors["classifier.weight"].shape == (2, 64)
     assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
     assert accuracy_with_transformers(folder, val) > 0.7
+
+
+VLLM_CLASSIFY = """
+import json, sys
+import numpy as np
+from smallsec_ray.teachers.backends import make_teacher
+folder, texts, classes, out = json.loads(sys.argv[1])
+np.save(out, make_teacher("classifier", "vllm", folder, classes, max_length=64).probs(texts))
+"""
+
+
+@pytest.mark.timeout(600)
+def test_a_decoder_without_pad_token_becomes_a_classifier_teacher_that_vllm_serves(ray_local, rows, tmp_path):
+    """SmolLM2's path: a causal LM with no pad token gets a classification head, learns on Ray Train, and
+    vLLM's pooling runner serves it with the same probabilities as transformers."""
+    import json
+    import os
+    import subprocess
+    import sys
+
+    import numpy as np
+    from tiny_models import make_tiny_causal_lm
+
+    from smallsec_ray.runtime import CPU_ENGINE_ENV, RUNTIME_ENV_VARS
+    from smallsec_ray.teachers.backends import make_teacher
+
+    train, val = rows
+    lm = make_tiny_causal_lm(tmp_path / "lm", CLASSES)
+    tokenizer = AutoTokenizer.from_pretrained(lm)
+    tokenizer.pad_token = None
+    tokenizer.save_pretrained(lm)
+    finetune = FinetuneSpec(epochs=2, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
+                            scaling={"strategy": "ddp", "workers": 1, "cpus_per_worker": 1.0})
+    trained = finetune_teacher(lm, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),
+                               finetune, max_length=64, out_dir=tmp_path / "out")
+    folder = Path(trained.model_dir)
+    config = AutoModelForSequenceClassification.from_pretrained(folder).config
+    assert config.architectures == ["LlamaForSequenceClassification"] and config.pad_token_id is not None
+    assert AutoTokenizer.from_pretrained(folder).pad_token is not None
+    assert trained.epochs[-1]["val_accuracy"] > 0.6
+
+    texts = list(val["text"][:40])
+    hf = make_teacher("classifier", "hf", str(folder), CLASSES, max_length=64).probs(texts)
+    out = tmp_path / "vllm.npy"
+    env = {**os.environ, **RUNTIME_ENV_VARS, **CPU_ENGINE_ENV}
+    proc = subprocess.run([sys.executable, "-c", VLLM_CLASSIFY, json.dumps([str(folder), texts, CLASSES, str(out)])],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    np.testing.assert_allclose(np.load(out), hf, atol=1e-4)

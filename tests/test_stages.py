@@ -140,8 +140,8 @@ def _with_run(stage: Stage, run) -> Stage:
 # One key edited at a time in a finished run -> the stages that must run again.
 EDITS = [
     ({"distillation": {"alpha": 0.9}}, ["train_student", "export", "evaluate"]),
-    ({"training": {"epochs": 9}}, ["train_student", "train_baseline", "export", "evaluate"]),
-    ({"training": {"scaling": {"zero_stage": 2}}}, ["train_student", "train_baseline", "export", "evaluate"]),
+    ({"training": {"epochs": 9}}, ["train_student", "export", "train_baseline", "evaluate"]),
+    ({"training": {"scaling": {"zero_stage": 2}}}, ["train_student", "export", "train_baseline", "evaluate"]),
     ({"teacher": {"finetune": {"epochs": 7}}}, ["finetune_teacher", "label", "train_student", "export", "evaluate"]),
     ({"teacher": {"finetune": {"scaling": {"workers": 1}}}},
      ["finetune_teacher", "label", "train_student", "export", "evaluate"]),
@@ -150,13 +150,13 @@ EDITS = [
     ({"labeling": {"replicas": 3, "cpus_per_replica": 0.5}}, []),
     ({"teacher": {"engine": {"max_num_seqs": 8}}}, []),
     ({"resources": {"num_cpus": 8}}, []),
-    ({"student": {"preset": "tiny"}}, ["train_student", "train_baseline", "export", "evaluate"]),
+    ({"student": {"preset": "tiny"}}, ["train_student", "export", "train_baseline", "evaluate"]),
     ({"evaluation": {"fprs": [0.05]}}, ["export", "evaluate"]),
     ({"evaluation": {"group_by": ["platform"]}}, ["evaluate"]),
     ({"data": {"split": {"seed": 3}}}, [s.name for s in DISTILL]),
     # Noise is applied where labels are read: a sweep reuses the prepared and scored shards.
     ({"data": {"noise": {"mode": "groups", "flip_rates": {"malicious": 0.3}}}},
-     ["train_student", "train_baseline", "export", "evaluate"]),
+     ["train_student", "export", "train_baseline", "evaluate"]),
 ]
 
 

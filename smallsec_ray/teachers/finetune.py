@@ -62,9 +62,12 @@ class TeacherTask:
 
 
 def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
-                     max_length: int, out_dir: str | Path, name: str = "finetune_teacher") -> TrainedModel:
+                     max_length: int, out_dir: str | Path, name: str = "finetune_teacher",
+                     seed: int = 0) -> TrainedModel:
     """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
-    loss on `val_ds`); the result's model_dir is a Hugging Face model folder (out_dir/model)."""
+    loss on `val_ds`); the result's model_dir is a Hugging Face model folder (out_dir/model). `seed` seeds
+    the new head and the dropout (ensemble members differ by it)."""
     task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length)
     labelled = col(LABEL).is_not_null()
-    return fit(task, finetune, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir, name=name)
+    return fit(task, finetune, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir, name=name,
+               seed=seed)

@@ -156,7 +156,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     task: Task = config["task"]
     training: FitSpec = config["fit"]
     rank = ray.train.get_context().get_world_rank()
-    torch.manual_seed(0)
+    torch.manual_seed(config.get("seed", 0))
     engine = build_engine(task.build(), training, config["total_steps"])
     encode = EncodeBatch(task)
 
@@ -293,7 +293,7 @@ class TrainedModel:
 
 
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
-        drill: dict[str, Any] | None = None) -> TrainedModel:
+        drill: dict[str, Any] | None = None, seed: int = 0) -> TrainedModel:
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model."""
     out_dir = Path(out_dir).resolve()
     scaling = training.scaling
@@ -312,7 +312,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "fit": training, "total_steps": steps_per_epoch * training.epochs,
-                           "name": name, "relay": console.relay(), "fail_once_at_step": drill},
+                           "name": name, "relay": console.relay(), "fail_once_at_step": drill, "seed": seed},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=name, storage_path=str(out_dir / CHECKPOINTS_DIR),

@@ -10,6 +10,7 @@ teacher's probabilities, or on both.
 
 from __future__ import annotations
 
+import hashlib
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -28,7 +29,7 @@ from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
 from smallsec_ray.evaluation import pick_threshold
 from smallsec_ray.export import OnnxScorer, export_onnx
 from smallsec_ray.label_policy import PolicyPlan, apply_policy, plan_policy
-from smallsec_ray.labeling import label_shards
+from smallsec_ray.labeling import average_runs, label_shards
 from smallsec_ray.prepare import PreparedData
 from smallsec_ray.spec import JobSpec
 from smallsec_ray.stages import StageContext
@@ -41,7 +42,8 @@ TRAIN_COLUMNS = [schema.ID, schema.TEXT, schema.LABEL, schema.SPLIT, schema.PROB
 
 # The dotted spec keys each shared stage depends on (resources such as replicas and workers' CPUs
 # change where a stage runs, not what it writes, so they are left out).
-TEACHER_KEYS = ("classes", "teacher.kind", "teacher.model", "teacher.max_length", "teacher.finetune")
+TEACHER_KEYS = ("classes", "teacher.kind", "teacher.model", "teacher.max_length", "teacher.finetune",
+                "teacher.ensemble")
 SCORING_KEYS = ("classes", "artifact", "teacher.kind", "teacher.backend", "teacher.max_length", "teacher.dtype",
                 "teacher.prompt_template", "teacher.verbalizers", "labeling.on_too_long")
 STUDENT_KEYS = ("classes", "student", "training", "data.noise")
@@ -59,22 +61,45 @@ class TeacherModel:
     training: TrainedModel | None = None
 
 
-def run_finetune_teacher(ctx: StageContext, data: PreparedData) -> TeacherModel:
+@dataclass
+class Teachers:
+    """The finetune_teacher stage's result: one teacher, or the members of an ensemble."""
+
+    members: list[TeacherModel]
+
+
+def run_finetune_teacher(ctx: StageContext, data: PreparedData) -> Teachers:
     spec, teacher = ctx.spec, ctx.spec.teacher
     if teacher.kind != "classifier" or not teacher.finetune.enabled:
-        return TeacherModel(teacher.model, finetuned=False)
+        return Teachers([TeacherModel(teacher.model, finetuned=False)])
     paths = ctx_paths(ctx, data.shards("labelled"))
-    trained = finetune_teacher(resolve_model(teacher.model), spec.classes, dataset(paths, "train"),
-                               dataset(paths, "validation"), teacher.finetune, teacher.max_length, ctx.stage_dir)
-    trained = replace(trained, model_dir=ctx.relative(trained.model_dir))
-    return TeacherModel(trained.model_dir, finetuned=True, training=trained)
+    size, members = teacher.ensemble.size, []
+    folds = size > 1 and teacher.ensemble.split == "folds"
+    for i in range(size):
+        train = dataset(paths, "train", extra=(schema.GROUP,) if folds else ())
+        if folds:
+            train = train.map_batches(without_fold, batch_format="pyarrow", fn_kwargs={"fold": i, "folds": size})
+        out = ctx.stage_dir if size == 1 else ctx.stage_dir / f"member-{i}"
+        trained = finetune_teacher(resolve_model(teacher.model), spec.classes, train, dataset(paths, "validation"),
+                                   teacher.finetune, teacher.max_length, out,
+                                   name="finetune_teacher" if size == 1 else f"finetune_teacher[{i}]", seed=i)
+        trained = replace(trained, model_dir=ctx.relative(trained.model_dir))
+        members.append(TeacherModel(trained.model_dir, finetuned=True, training=trained))
+    return Teachers(members)
+
+
+def without_fold(batch: pa.Table, fold: int, folds: int) -> pa.Table:
+    """The rows whose group is not in `fold` of `folds` (whole groups, by a hash of their name)."""
+    keep = [int.from_bytes(hashlib.blake2b(str(g).encode(), digest_size=8).digest(), "big") % folds != fold
+            for g in batch[schema.GROUP].to_pylist()]
+    return batch.filter(pa.array(keep)).drop_columns([schema.GROUP])
 
 
 @dataclass
 class TeacherLabels:
     """The label stage's result: every shard of the scored parts with the teacher's `probs`."""
 
-    teacher: dict  # the teacher's identity (model, fingerprint, kind, ...)
+    teacher: dict  # the teacher's identity (model, fingerprint, kind, ...); {"ensemble": [...]} for several
     parts: dict[str, list[str]]  # part -> scored shards, relative to the run folder
     quarantine: list[str]
     rows: RowCounts
@@ -86,25 +111,35 @@ class TeacherLabels:
         return [shard for part in parts for shard in self.parts.get(part, [])]
 
 
-def label_parts(ctx: StageContext, data: PreparedData, teacher: TeacherModel, parts: tuple[str, ...]) -> TeacherLabels:
-    """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once)."""
+def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts: tuple[str, ...]) -> TeacherLabels:
+    """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once). An
+    ensemble's members score in turn, each into its own folder, and their probabilities are averaged."""
     spec = ctx.spec
-    model = str(ctx.path(teacher.model)) if teacher.finetuned else teacher.model
-    teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune"}), "model": model, "artifact": spec.artifact}
     part_of = {str(ctx.path(shard)): part for part in parts for shard in data.shards(part)}
-    run = label_shards(list(part_of), str(ctx.stage_dir), teacher_cfg, spec.classes, spec.labeling.replicas,
-                       spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica, spec.labeling.batch_size,
-                       spec.labeling.on_too_long)
+    started = time.monotonic()
+    runs = []
+    for i, teacher in enumerate(teachers.members):
+        model = str(ctx.path(teacher.model)) if teacher.finetuned else teacher.model
+        teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "model": model,
+                       "artifact": spec.artifact}
+        out = ctx.stage_dir if len(teachers.members) == 1 else ctx.stage_dir / f"member-{i}"
+        runs.append(label_shards(list(part_of), str(out), teacher_cfg, spec.classes, spec.labeling.replicas,
+                                 spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
+                                 spec.labeling.batch_size, spec.labeling.on_too_long,
+                                 name="label" if len(teachers.members) == 1 else f"label[{i}]"))
+    run = runs[0] if len(runs) == 1 else average_runs(runs, ctx.stage_dir)
+    seconds = time.monotonic() - started
     scored: dict[str, list[str]] = {part: [] for part in parts}
     by_part = {part: RowCounts() for part in parts}
     for shard in run.shards:
         part = part_of[shard.input]
         scored[part].append(ctx.relative(shard.output))
         by_part[part] += shard.rows
+    fresh = sum(s.rows_in for r in runs for s in r.shards if not s.skipped)
     return TeacherLabels(teacher=run.teacher, parts=scored,
                          quarantine=[ctx.relative(s.quarantine) for s in run.shards if s.quarantine],
                          rows=run.rows, by_part=by_part, rows_truncated=run.rows_truncated,
-                         rows_per_s=round(run.rows_per_s, 1))
+                         rows_per_s=round(fresh / seconds, 1) if seconds else 0.0)
 
 
 # ---------------------------------------------------------------- student

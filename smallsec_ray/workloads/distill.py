@@ -1,7 +1,7 @@
 """Knowledge distillation: a teacher fine-tuned on clean labels relabels a large noisy set with soft
 labels; the student learns from both and is compared with a student trained on the noisy labels alone.
 
-prepare -> finetune_teacher -> label -> train_student -> train_baseline -> export -> evaluate
+prepare -> finetune_teacher -> label -> train_student -> export -> train_baseline -> evaluate
 
 Rows: the teacher learns from the labelled part's train split and picks its epoch on the labelled
 validation split. Both students train on the train split of the labelled and noisy parts (same rows,
@@ -29,7 +29,7 @@ from smallsec_ray.workloads.common import (
     TEACHER_KEYS,
     ExportedModel,
     TeacherLabels,
-    TeacherModel,
+    Teachers,
     ctx_paths,
     label_parts,
     noise_plan,
@@ -46,8 +46,8 @@ SCORED_PARTS = ("labelled", "noisy", "test")  # the teacher scores these; the st
 TRAIN_PARTS = ("labelled", "noisy")
 
 
-def run_label(ctx: StageContext, data: PreparedData, teacher: TeacherModel) -> TeacherLabels:
-    return label_parts(ctx, data, teacher, SCORED_PARTS)
+def run_label(ctx: StageContext, data: PreparedData, teachers: Teachers) -> TeacherLabels:
+    return label_parts(ctx, data, teachers, SCORED_PARTS)
 
 
 def run_train_student(ctx: StageContext, labels: TeacherLabels) -> TrainedModel:
@@ -71,7 +71,7 @@ class DistillReport:
     validation_rows: int
 
 
-def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, labels: TeacherLabels,
+def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labels: TeacherLabels,
                  student: TrainedModel, baseline: TrainedModel, export: ExportedModel) -> DistillReport:
     spec = ctx.spec
     test = read_rows(ctx_paths(ctx, labels.shards("labelled", "test")), "test")
@@ -115,9 +115,12 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teacher: TeacherModel, l
 
     stages = [{"stage": "prepare", **_rows(data.rows)}, {"stage": "label", **_rows(labels.rows)}]
     extra |= {"teacher": labels.teacher, "export": export,
+             "label_policy": student.label_policy,
              "training": {name: {"best_epoch": t.best_epoch, "samples_per_s": t.samples_per_s, "epochs": t.epochs}
-                          for name, t in (("finetune_teacher", teacher.training), ("train_student", student),
-                                          ("train_baseline", baseline)) if t is not None}}
+                          for name, t in [*((f"finetune_teacher[{i}]", m.training)
+                                            for i, m in enumerate(teachers.members)),
+                                          ("train_student", student), ("train_baseline", baseline)]
+                          if t is not None}}
     job = {"name": spec.name, "workload": spec.workload, "artifact": spec.artifact, "classes": spec.classes,
            "positive_class": spec.positive_class, "resolved_spec": "spec.resolved.json"}
     json_path, md_path = write_report(ctx.run_dir, job, stages, list(reports.values()), [comparison], audit, extra)
@@ -135,17 +138,17 @@ STAGES = [
           about="read shards, quarantine bad rows, split by group"),
     Stage("finetune_teacher", run_finetune_teacher, reads=TEACHER_KEYS, inputs={"data": "prepare"},
           about="fine-tune the teacher on the clean labelled rows (Ray Train)"),
-    Stage("label", run_label, reads=SCORING_KEYS, inputs={"data": "prepare", "teacher": "finetune_teacher"},
+    Stage("label", run_label, reads=SCORING_KEYS, inputs={"data": "prepare", "teachers": "finetune_teacher"},
           about="the teacher scores every shard with class probabilities (Ray Data + vLLM)"),
     Stage("train_student", run_train_student, reads=(*STUDENT_KEYS, "distillation"), inputs={"labels": "label"},
           about="train the student on the given labels and the teacher's probabilities (Ray Train)"),
-    Stage("train_baseline", run_train_baseline, reads=STUDENT_KEYS, inputs={"data": "prepare"},
-          about="train the same student on the given (noisy) labels alone, same rows and budget"),
     Stage("export", run_export, reads=("positive_class", "evaluation.fprs"),
           inputs={"model": "train_student", "data": "prepare"},
           about="ONNX export of the student with its threshold, parity check, throughput"),
+    Stage("train_baseline", run_train_baseline, reads=STUDENT_KEYS, inputs={"data": "prepare"},
+          about="train the same student on the given (noisy) labels alone, same rows and budget"),
     Stage("evaluate", run_evaluate, reads=("positive_class", "evaluation", "data.noise"),
-          inputs={"data": "prepare", "teacher": "finetune_teacher", "labels": "label", "student": "train_student",
+          inputs={"data": "prepare", "teachers": "finetune_teacher", "labels": "label", "student": "train_student",
                   "baseline": "train_baseline", "export": "export"},
           about="teacher, baseline and student on the same test rows; label audit; report"),
 ]
