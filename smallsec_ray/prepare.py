@@ -49,6 +49,7 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
         "reasons": _reason_counts(shard.quarantined),
         "groups": shard.good.column(schema.GROUP).to_pylist(),
         "labels": shard.good.column(schema.LABEL).to_pylist(),
+        "sources": shard.good.column(schema.SOURCE).to_pylist() if data.split.by_source else None,
     }
 
 
@@ -124,12 +125,14 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     read = {part: [s for s in shards[part] if "skipped" not in s] for part in PARTS}
 
     # Whole groups go to one split; groups of an explicit test set are test everywhere.
-    groups, labels = [], []
+    groups, labels, sources = [], [], []
     for part in ("labelled", "noisy", "unlabelled"):
         for s in read[part]:
             groups += s["groups"]
             labels += s["labels"]
-    assignment = assign_splits(groups, labels, data.split.validation, data.split.test, data.split.seed)
+            sources += s["sources"] or []
+    assignment = assign_splits(groups, labels, data.split.validation, data.split.test, data.split.seed,
+                               sources if data.split.by_source else None)
     for s in read["test"]:
         assignment.update(dict.fromkeys(s["groups"], "test"))
 

@@ -178,3 +178,14 @@ def test_group_noise_mislabels_whole_groups_holding_the_share_asked(cmdlines):
     again = plan_noise("groups", {"malicious": 0.3, "benign": 0.1}, classes, 7, shuffled[GROUP].to_pylist(),
                        shuffled[LABEL].to_pylist())
     assert again.flipped_groups == plan.flipped_groups
+
+
+def test_stratifying_by_source_gives_every_source_its_share(cmdlines):
+    sources = [g.split(":")[0] for g in cmdlines[GROUP].to_pylist()]
+    assignment = assign_splits(cmdlines[GROUP].to_pylist(), cmdlines[LABEL].to_pylist(), 0.15, 0.0, 0, sources)
+    per_source = defaultdict(Counter)
+    for group, source in zip(cmdlines[GROUP].to_pylist(), sources, strict=True):
+        per_source[source][assignment[group]] += 1
+    for source, counts in per_source.items():
+        share = counts["validation"] / sum(counts.values())
+        assert 0.08 <= share <= 0.25, (source, counts)

@@ -21,22 +21,27 @@ TRAIN, VALIDATION, TEST = SPLITS
 
 
 def assign_splits(groups: Sequence[str], labels: Sequence[str | None], validation: float, test: float,
-                  seed: int) -> dict[str, str]:
+                  seed: int, sources: Sequence[str | None] | None = None) -> dict[str, str]:
     """Maps every group to "train", "validation" or "test".
 
     Groups are bucketed by their majority label (ties go to the alphabetically first label; groups with
-    no label at all form their own stratum). Within a stratum, groups are taken in the order of a seeded
-    hash of their name and fill test, then validation, each up to its share of the stratum's rows; the
-    rest go to train. A group joins test or validation only if that brings the split's row count closer
-    to its target, so a split never gets more than twice its share of a stratum: a group bigger than
-    that (e.g. the one group of a stratum) stays in train rather than swallowing the split.
+    no label at all form their own stratum), and with `sources` (one per row) also by their majority
+    source, so that every source gets its share of each split. Within a stratum, groups are taken in the
+    order of a seeded hash of their name and fill test, then validation, each up to its share of the
+    stratum's rows; the rest go to train. A group joins test or validation only if that brings the
+    split's row count closer to its target, so a split never gets more than twice its share of a
+    stratum: a group bigger than that (e.g. the one group of a stratum) stays in train rather than
+    swallowing the split.
     """
     _check_shares(validation, test)
     if len(groups) != len(labels):
         raise DataError(f"assign_splits got {len(groups)} groups but {len(labels)} labels; pass one of each "
                         "per row")
+    if sources is not None and len(sources) != len(groups):
+        raise DataError(f"assign_splits got {len(groups)} groups but {len(sources)} sources")
     rows_per_group: Counter[str] = Counter()
     labels_per_group: defaultdict[str, Counter[str]] = defaultdict(Counter)
+    sources_per_group: defaultdict[str, Counter[str]] = defaultdict(Counter)
     for row, (group, label) in enumerate(zip(groups, labels, strict=True)):
         if group is None:
             raise DataError(f"row {row} has a null group; give every row a group (the reader defaults it to "
@@ -44,10 +49,12 @@ def assign_splits(groups: Sequence[str], labels: Sequence[str | None], validatio
         rows_per_group[group] += 1
         if label is not None:
             labels_per_group[group][label] += 1
+        if sources is not None and sources[row] is not None:
+            sources_per_group[group][sources[row]] += 1
 
-    strata: defaultdict[str | None, list[str]] = defaultdict(list)
+    strata: defaultdict[tuple[str | None, str | None], list[str]] = defaultdict(list)
     for group in rows_per_group:
-        strata[_majority_label(labels_per_group[group])].append(group)
+        strata[_majority_label(labels_per_group[group]), _majority_label(sources_per_group[group])].append(group)
 
     assignment: dict[str, str] = {}
     for members in strata.values():
