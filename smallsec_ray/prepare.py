@@ -50,6 +50,7 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
         "groups": shard.good.column(schema.GROUP).to_pylist(),
         "labels": shard.good.column(schema.LABEL).to_pylist(),
         "sources": shard.good.column(schema.SOURCE).to_pylist() if data.split.by_source else None,
+        "given": _given_splits(shard.good),
     }
 
 
@@ -124,15 +125,20 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     skipped = [SkippedFile(s["input"], s["skipped"]) for part in PARTS for s in shards[part] if "skipped" in s]
     read = {part: [s for s in shards[part] if "skipped" not in s] for part in PARTS}
 
-    # Whole groups go to one split; groups of an explicit test set are test everywhere.
     groups, labels, sources = [], [], []
     for part in ("labelled", "noisy", "unlabelled"):
         for s in read[part]:
             groups += s["groups"]
             labels += s["labels"]
             sources += s["sources"] or []
-    assignment = assign_splits(groups, labels, data.split.validation, data.split.test, data.split.seed,
-                               sources if data.split.by_source else None)
+    # Whole groups go to one split: the split some rows give (data.columns.split), else by the shares;
+    # groups of an explicit test set are test everywhere.
+    given = _groups_with_given_splits(read)
+    free = [i for i, g in enumerate(groups) if g not in given]
+    assignment = assign_splits([groups[i] for i in free], [labels[i] for i in free], data.split.validation,
+                               data.split.test, data.split.seed,
+                               [sources[i] for i in free] if data.split.by_source else None)
+    assignment.update(given)
     for s in read["test"]:
         assignment.update(dict.fromkeys(s["groups"], "test"))
 
@@ -151,6 +157,30 @@ def run_prepare(ctx: StageContext) -> PreparedData:
             quarantine_reasons=dict(sum((Counter(s["reasons"]) for s in read[part]), Counter())))
     return PreparedData(parts=parts, rows=sum((p.rows for p in parts.values()), RowCounts()),
                         groups=dict(Counter(assignment.values())), files_skipped=skipped)
+
+
+def _given_splits(table: pa.Table) -> dict[str, str]:
+    """group -> the split its rows give (data.columns.split); raises DataError if they give two."""
+    if schema.SPLIT not in table.column_names:
+        return {}
+    given: dict[str, str] = {}
+    for group, split in zip(table[schema.GROUP].to_pylist(), table[schema.SPLIT].to_pylist(), strict=True):
+        if split is not None and given.setdefault(group, split) != split:
+            raise DataError(f"group {group!r} has rows in split {given[group]!r} and in split {split!r} "
+                            "(data.columns.split); a group's rows must share one split")
+    return given
+
+
+def _groups_with_given_splits(read: dict[str, list[dict]]) -> dict[str, str]:
+    given: dict[str, str] = {}
+    for shards in read.values():
+        for shard in shards:
+            for group, split in shard["given"].items():
+                if given.setdefault(group, split) != split:
+                    raise DataError(f"group {group!r} has rows in split {given[group]!r} and in split {split!r} "
+                                    f"(data.columns.split; one of them in {shard['input']}); a group's rows must "
+                                    "share one split")
+    return given
 
 
 def _stem(path: str) -> str:

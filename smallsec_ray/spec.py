@@ -45,6 +45,9 @@ class Columns(Section):
     group: list[str] = Field(default_factory=lambda: ["group"],
                              description="Columns naming what splits must keep apart (host, binary, family); "
                              "defaults to the row id (every row its own group).")
+    split: list[str] = Field(default_factory=list, description="Columns giving a row's split (train, validation "
+                             "or test), e.g. an analysts' fixed validation set: its whole group takes it; groups "
+                             "without one are split by data.split. Default: none.")
 
 
 class SplitSpec(Section):

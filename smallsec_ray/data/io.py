@@ -27,7 +27,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from smallsec_ray.data.accounting import RowCounts
-from smallsec_ray.data.schema import CANONICAL, GROUP, ID, LABEL, REASON, SOURCE, TEXT
+from smallsec_ray.data.schema import GROUP, ID, LABEL, REASON, RESERVED, SOURCE, SPLIT, TEXT
 from smallsec_ray.data.validate import validate_table
 from smallsec_ray.errors import DataError
 from smallsec_ray.spec import URI, Columns
@@ -358,9 +358,11 @@ def _infer_array(values: list) -> pa.Array:
 
 def to_canonical(table: pa.Table, columns: Columns, path: str, row_numbers: list[int]) -> pa.Table:
     """The canonical columns from the first present, non-null candidate column of each (defaults: id
-    '<file name>:<row number>', source the file stem, group the id), then the other input columns.
+    '<file name>:<row number>', source the file stem, group the id; a given split only when
+    data.columns.split names columns), then the other input columns.
 
-    An input column named like a canonical column but not among its candidates is kept as 'input_<name>'."""
+    An input column named like one of the tool's own columns (canonical ones, split, probs, reason, ...)
+    but not mapped to it is kept as 'input_<name>'."""
     n = table.num_rows
     file_name = _file_name(path)
     default_id = pa.array([f"{file_name}:{row}" for row in row_numbers], pa.string())
@@ -369,12 +371,16 @@ def to_canonical(table: pa.Table, columns: Columns, path: str, row_numbers: list
     canonical[LABEL] = _coalesce(table, columns.label, pa.nulls(n, pa.string()))
     canonical[SOURCE] = _coalesce(table, columns.source, pa.array([_file_stem(path)] * n, pa.string()))
     canonical[GROUP] = _coalesce(table, columns.group, canonical[ID])
+    if columns.split:
+        canonical[SPLIT] = _coalesce(table, columns.split, pa.nulls(n, pa.string()))
+    mapped = {c for candidates in (columns.id, columns.text, columns.label, columns.source, columns.group,
+                                   columns.split) for c in candidates}
     carried = {}
     for name in table.column_names:
-        if name not in CANONICAL:
+        if name not in RESERVED:
             carried[name] = table.column(name)
-        elif name not in getattr(columns, name):
-            carried[f"input_{name}"] = table.column(name)
+        elif name not in mapped:
+            carried[f"input_{name}"] = table.column(name)  # the tool's own columns never take a user's
     return pa.table({**canonical, **carried})
 
 

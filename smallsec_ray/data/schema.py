@@ -14,6 +14,8 @@ REASON = "reason"  # why a quarantined row was set aside
 WEIGHT = "weight"  # optional per-row loss weight
 
 SPLITS = ("train", "validation", "test")
+# Column names the tool writes itself: an input column of one of these names is renamed input_<name>.
+RESERVED = (*CANONICAL, SPLIT, PROBS, TRUNCATED, REASON, WEIGHT)
 
 CANONICAL_SCHEMA = pa.schema([
     pa.field(ID, pa.string(), nullable=False),

@@ -13,7 +13,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from smallsec_ray.data.schema import CANONICAL, ID, LABEL, REASON, TEXT
+from smallsec_ray.data.schema import CANONICAL, ID, LABEL, REASON, SPLIT, SPLITS, TEXT
 
 Reasons = dict[int, str]  # row index -> why the row is quarantined
 
@@ -28,6 +28,8 @@ def validate_table(table: pa.Table, classes: list[str] | None,
     ]
     if classes is not None:
         checks.append(lambda t: _unknown_labels(t, classes))
+    if SPLIT in table.column_names:
+        checks.append(_unknown_splits)
     for check in checks:
         for row, reason in check(table).items():
             reasons.setdefault(row, reason)
@@ -93,6 +95,13 @@ def _unknown_labels(table: pa.Table, classes: list[str]) -> Reasons:
     unknown = pc.invert(pc.is_in(labels, value_set=pa.array(classes, pa.string())))
     return {int(row): f"label {labels[row].as_py()!r} is not one of {classes}"
             for row in _flagged(pc.and_(pc.is_valid(labels), unknown))}
+
+
+def _unknown_splits(table: pa.Table) -> Reasons:
+    splits = table.column(SPLIT)
+    unknown = pc.invert(pc.is_in(splits, value_set=pa.array(SPLITS, pa.string())))
+    return {int(row): f"split {splits[row].as_py()!r} is not one of {list(SPLITS)} (data.columns.split)"
+            for row in _flagged(pc.and_(pc.is_valid(splits), unknown))}
 
 
 def _duplicate_ids(table: pa.Table, reasons: Reasons) -> Reasons:

@@ -1,0 +1,62 @@
+"""The prepare stage: a split given in the data is kept for the whole group, the rest is split by shares,
+and an input column named like one of the tool's own columns does not collide with it."""
+
+import json
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+
+from smallsec_ray.errors import DataError
+from smallsec_ray.prepare import run_prepare
+from smallsec_ray.spec import parse_spec
+from smallsec_ray.stages import Stage, run_stages
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> str:
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def prepare(tmp_path: Path, labelled: str, noisy: str):
+    spec = parse_spec({"name": "p", "workload": "distill", "artifact": "cmdline",
+                       "data": {"labelled": [labelled], "noisy": [noisy], "columns": {"split": ["fixed_split"]},
+                                "split": {"validation": 0.0, "test": 0.0}},
+                       "output": str(tmp_path / "run")})
+    results = run_stages(spec, [Stage("prepare", run_prepare, reads=("data",))], tmp_path / "run",
+                         echo=lambda _: None)
+    data = results["prepare"]
+    tables = [pq.read_table(tmp_path / "run" / s) for s in data.shards("labelled", "noisy")]
+    return data, pa.concat_tables(tables, promote_options="permissive")
+
+
+def test_a_given_split_holds_for_its_whole_group_and_tool_columns_do_not_collide(ray_local, tmp_path):
+    labelled = write_jsonl(tmp_path / "clean.jsonl", [
+        {"text": "whoami /all", "label": "malicious", "group": "g1", "fixed_split": "validation", "probs": "x"},
+        {"text": "whoami /priv", "label": "malicious", "group": "g1", "probs": "y"},  # its group's split
+        {"text": "ls -la", "label": "benign", "group": "g2", "fixed_split": "train", "probs": "z"},
+        {"text": "cat notes", "label": "benign", "group": "g3", "fixed_split": "later"},  # not a split
+    ])
+    noisy = write_jsonl(tmp_path / "noisy.jsonl", [{"text": f"echo {i}", "label": "benign", "group": f"n{i}"}
+                                                   for i in range(5)])
+    data, rows = prepare(tmp_path, labelled, noisy)
+    split_of = dict(zip(rows["text"].to_pylist(), rows["split"].to_pylist(), strict=True))
+    assert split_of["whoami /all"] == split_of["whoami /priv"] == "validation"
+    assert split_of["ls -la"] == "train" and all(split_of[f"echo {i}"] == "train" for i in range(5))
+    assert data.parts["labelled"].quarantine_reasons == {"split '…' is not one of": 1}
+    assert data.parts["labelled"].rows.rows_quarantined == 1
+    # The user's own "probs" column is kept, renamed: it must not pass for the teacher's probabilities.
+    assert "probs" not in rows.column_names
+    assert pc.count(rows["input_probs"]).as_py() == 3
+
+
+def test_a_group_given_two_splits_is_an_error_naming_it(ray_local, tmp_path):
+    labelled = write_jsonl(tmp_path / "clean.jsonl", [
+        {"text": "a", "label": "benign", "group": "g1", "fixed_split": "train"},
+        {"text": "b", "label": "benign", "group": "g1", "fixed_split": "validation"}])
+    noisy = write_jsonl(tmp_path / "noisy.jsonl", [{"text": "c", "label": "benign"}])
+    with pytest.raises(Exception, match="group 'g1' has rows in split 'train' and in split 'validation'") as err:
+        prepare(tmp_path, labelled, noisy)
+    assert isinstance(err.value, DataError) or isinstance(getattr(err.value, "cause", None), DataError)
