@@ -118,8 +118,8 @@ def apply_policy(batch: pa.Table, plan: PolicyPlan) -> pa.Table:
 def _doubt_counts(path: str, classes: list[str], noise: NoisePlan | None) -> dict:
     """Per given class: rows, and histograms of 1 - p(given label) over the train split of one shard, of
     all rows and of rows whose given label is wrong (when the true label is known)."""
-    columns = [c for c in (schema.ID, schema.LABEL, schema.GROUP, schema.SPLIT, schema.PROBS, schema.TRUE_LABEL)
-               if c in pq.read_schema(path).names]
+    wanted = (schema.ID, schema.LABEL, schema.SPLIT, schema.PROBS, schema.TRUE_LABEL, *(noise.columns if noise else ()))
+    columns = [c for c in dict.fromkeys(wanted) if c in pq.read_schema(path).names]
     table = pq.read_table(path, columns=columns)
     table = table.filter(pa.compute.equal(table[schema.SPLIT], "train"))
     if noise is not None:

@@ -68,9 +68,11 @@ class NoiseSpec(Section):
     """Label noise injected into the noisy part's given labels, for experiments (the true label is kept in
     `true_label`); applied where labels are read, so a sweep reuses the prepared and labelled shards."""
 
-    mode: Literal["rows", "groups"] = Field("rows", description="rows: each row flips on its own; groups: whole "
-                                            "groups (families, binaries) are mislabelled throughout, as "
-                                            "signatures miss or over-flag whole families.")
+    mode: Literal["rows", "groups", "column"] = Field(
+        "rows", description="rows: each row flips on its own; groups: whole groups (families, binaries) are "
+        "mislabelled throughout, as signatures miss or over-flag whole families; column: the labels of another "
+        "column (e.g. a signature labeller's).")
+    column: str | None = Field(None, description="mode column: the column holding the noisy labels.")
     flip_rates: dict[str, float] = Field(default_factory=dict, description="Per class KEY: the probability that "
                                          "a row flips (rows), or the share of its rows in mislabelled groups "
                                          "(groups), e.g. {malicious: 0.3, benign: 0.1}.")

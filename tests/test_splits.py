@@ -189,3 +189,13 @@ def test_stratifying_by_source_gives_every_source_its_share(cmdlines):
     for source, counts in per_source.items():
         share = counts["validation"] / sum(counts.values())
         assert 0.08 <= share <= 0.25, (source, counts)
+
+
+def test_column_noise_takes_another_columns_labels():
+    from smallsec_ray.data.noise import apply_noise, plan_noise
+
+    table = pa.table({ID: ["a", "b", "c"], LABEL: ["malicious", "benign", None],
+                      "rule_label": ["benign", "malicious", "malicious"]})
+    noisy = apply_noise(table, plan_noise("column", {}, ["benign", "malicious"], 0, column="rule_label"))
+    assert noisy[LABEL].to_pylist() == ["benign", "malicious", None]  # unlabelled rows stay unlabelled
+    assert noisy[TRUE_LABEL].to_pylist() == ["malicious", "benign", None]

@@ -1,11 +1,12 @@
 """Label noise for experiments: how much does a teacher recover from wrong labels?
 
-Two models of noise, each with a rate per class (`data.noise.flip_rates`):
+Three models of noise (the first two with a rate per class, `data.noise.flip_rates`):
 * rows: each labelled row of class c gets another class with probability rate[c], independently. Easy
   to average out: a model trained on such labels barely loses ranking quality.
 * groups: whole groups (a technique, a binary, a host) are mislabelled throughout, as signatures miss
   whole families and flag whole families of admin tools: groups whose majority class is c, holding a
   share rate[c] of class c's rows, get another class on every row.
+* column: the labels of another column of the noisy rows, e.g. what a signature labeller said.
 
 Decisions hang on a hash of the row id (rows) or the group name (groups) and the seed, so a row or a
 group flips the same way whatever else is in the table. The label before noise is kept in `true_label`.
@@ -35,17 +36,27 @@ class NoisePlan:
     classes: list[str]
     seed: int
     flipped_groups: dict[str, str] = field(default_factory=dict)  # group -> the class all its rows get
+    column: str | None = None  # mode column: where the noisy labels are
+
+    @property
+    def columns(self) -> tuple[str, ...]:
+        """The columns besides id and label that applying the plan reads."""
+        return {"rows": (), "groups": (GROUP,), "column": (self.column,)}[self.mode]
 
 
 def plan_noise(mode: str, flip_rates: Mapping[str, float], classes: Sequence[str], seed: int,
-               groups: Sequence[str] = (), labels: Sequence[str | None] = ()) -> NoisePlan:
+               groups: Sequence[str] = (), labels: Sequence[str | None] = (), column: str | None = None) -> NoisePlan:
     """A plan for `apply_noise`. Mode groups needs every row's group and label (of the rows the noise
     applies to) to choose whole groups whose rows make up each class's share."""
     _check_rates(flip_rates, classes)
     if mode == "rows":
         return NoisePlan(mode, dict(flip_rates), list(classes), seed)
+    if mode == "column":
+        if not column:
+            raise SpecError("data.noise.column: mode column needs the name of the column holding the labels")
+        return NoisePlan(mode, {}, list(classes), seed, column=column)
     if mode != "groups":
-        raise SpecError(f"data.noise.mode: {mode!r} is not one of rows, groups")
+        raise SpecError(f"data.noise.mode: {mode!r} is not one of rows, groups, column")
     return NoisePlan(mode, dict(flip_rates), list(classes), seed,
                      _flipped_groups(groups, labels, flip_rates, classes, seed))
 
@@ -75,13 +86,16 @@ def _flipped_groups(groups: Sequence[str], labels: Sequence[str | None], flip_ra
 def apply_noise(table: pa.Table, plan: NoisePlan) -> pa.Table:
     """The table with noisy labels in `label` and the labels before noise in `true_label` (a table
     that has `true_label` already keeps it: it always holds the label before any injected noise)."""
-    for column in (ID, LABEL, *([GROUP] if plan.mode == "groups" else [])):
+    for column in (ID, LABEL, *plan.columns):
         if column not in table.column_names:
             raise DataError(f"the table has no {column!r} column (columns: {table.column_names}); label noise "
-                            "needs row ids, groups and labels")
+                            f"({plan.mode}) needs it")
     labels = table[LABEL].to_pylist()
     if plan.mode == "rows":
         noisy = [_row_flip(row_id, label, plan) for row_id, label in zip(table[ID].to_pylist(), labels, strict=True)]
+    elif plan.mode == "column":
+        noisy = [other if label is not None and other in plan.classes else label
+                 for label, other in zip(labels, table[plan.column].to_pylist(), strict=True)]
     else:
         noisy = [plan.flipped_groups.get(group, label) if label is not None else None
                  for group, label in zip(table[GROUP].to_pylist(), labels, strict=True)]

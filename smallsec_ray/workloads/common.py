@@ -163,7 +163,7 @@ def train_on(ctx: StageContext, clean: list[str], noisy: list[str], val_paths: l
     if weighted:
         train = train.map_batches(with_weight, batch_format="pyarrow")  # the clean rows are trusted
     if noisy:
-        noisy_rows = dataset(noisy, "train", distilled, extra=(schema.GROUP,))
+        noisy_rows = dataset(noisy, "train", distilled, extra=noise.columns if noise else ())
         if noise is not None or policy is not None:
             noisy_rows = noisy_rows.map_batches(with_targets, batch_format="pyarrow",
                                                 fn_kwargs={"noise": noise, "policy": policy})
@@ -181,14 +181,14 @@ def noise_plan(spec: JobSpec, noisy: list[str]) -> NoisePlan | None:
     """The plan of data.noise over the noisy shards (None without noise). Mode groups reads the shards'
     groups and labels here: noise is for experiments, whose data fits a driver."""
     noise = spec.data.noise
-    if noise is None or not any(noise.flip_rates.values()) or not noisy:
+    if noise is None or not noisy or (noise.mode != "column" and not any(noise.flip_rates.values())):
         return None
     groups: list = []
     labels: list = []
     if noise.mode == "groups":
         table = pa.concat_tables([pq.read_table(p, columns=[schema.GROUP, schema.LABEL]) for p in noisy])
         groups, labels = strings(table, schema.GROUP), strings(table, schema.LABEL)
-    return plan_noise(noise.mode, noise.flip_rates, spec.classes, noise.seed, groups, labels)
+    return plan_noise(noise.mode, noise.flip_rates, spec.classes, noise.seed, groups, labels, noise.column)
 
 
 def with_targets(batch: pa.Table, noise: NoisePlan | None, policy: PolicyPlan | None) -> pa.Table:

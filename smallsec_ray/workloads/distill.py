@@ -87,8 +87,8 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labe
         columns = [schema.ID, schema.TEXT, schema.LABEL, schema.GROUP]
         parts = [read_rows(clean, "train").select(columns)]
         if noisy:
-            noisy_rows = read_rows(noisy, "train").select(columns)
-            parts.append(noisy_rows if plan is None else apply_noise(noisy_rows, plan).select(columns))
+            noisy_rows = read_rows(noisy, "train")
+            parts.append((noisy_rows if plan is None else apply_noise(noisy_rows, plan)).select(columns))
         rows = pa.concat_tables(parts)
         reference, fit = fit_linear_reference(strings(rows, schema.TEXT), strings(rows, schema.LABEL),
                                               strings(rows, schema.ID), val_texts, strings(val, schema.LABEL),
