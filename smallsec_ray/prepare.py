@@ -55,12 +55,8 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
 
 
 @ray.remote(num_cpus=0.5)
-def _add_split(path: str, assignment: dict[str, str], forced_split: str | None) -> dict[str, int]:
-    table = pq.read_table(path)
-    if forced_split:
-        table = table.append_column(schema.SPLIT, pa.array([forced_split] * table.num_rows, pa.string()))
-    else:
-        table = split_table(table, assignment)
+def _add_split(path: str, assignment: dict[str, str]) -> dict[str, int]:
+    table = split_table(pq.read_table(path), assignment)
     write_parquet_atomic(table, path)
     return dict(Counter(table.column(schema.SPLIT).to_pylist()))
 
@@ -142,8 +138,7 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     for s in read["test"]:
         assignment.update(dict.fromkeys(s["groups"], "test"))
 
-    split_refs = {part: [_add_split.remote(s["output"], assignment, "test" if part == "test" else None)
-                         for s in read[part]] for part in PARTS}
+    split_refs = {part: [_add_split.remote(s["output"], assignment) for s in read[part]] for part in PARTS}
     split_counts = {part: ray.get(refs) for part, refs in split_refs.items()}
 
     parts = {}

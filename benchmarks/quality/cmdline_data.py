@@ -11,7 +11,8 @@ Policies (the data README asks for each to be decided in code):
 * texts that appear with both labels (after lower-casing and collapsing whitespace) are dropped from both:
   without context they are the irreducible floor, not something a model can learn;
 * groups that splits keep apart: Atomic technique (base id), GTFOBins binary, tldr page, PowerShell
-  module, NL2Bash's first word; the test split holds out whole groups.
+  module, NL2Bash's first word; the test split holds out whole groups;
+* a clean validation set large enough that 1% FPR rests on ~12 benign rows, drawn within each source.
 """
 
 from __future__ import annotations
@@ -111,19 +112,37 @@ def _drop_conflicts(rows: list[dict]) -> tuple[list[dict], dict]:
     return kept, {"rows_read": len(rows), "conflicting_texts_dropped": len(conflicts), "rows_kept": len(kept)}
 
 
-def write_experiment_shards(data_dir: Path, out: Path, clean_share: float = 0.1, test_share: float = 0.25,
-                            scale: float = 1.0, seed: int = 0) -> dict:
-    """Writes test/, labelled/ (the clean analyst-labelled subset) and noisy/ (the rest, labels still
-    true: the job spec injects the noise) under `out`; returns counts."""
+def write_experiment_shards(data_dir: Path, out: Path, clean_share: float = 0.1, validation_share: float = 0.15,
+                            test_share: float = 0.25, scale: float = 1.0, seed: int = 0) -> dict:
+    """Writes the experiment's parts under `out` and returns counts:
+
+    * test/: whole held-out groups (techniques, binaries, pages, modules), hard negatives excluded;
+    * labelled/: the analysts' clean rows, with their split given in `fixed_split`: `validation` (a share
+      of the evaluable training groups drawn within each source, so that thresholds rest on rows of every
+      source: ~1,500 rows, ~1,200 benign) and `train` (`clean_share` of the other training groups: what
+      the teacher learns from);
+    * noisy/: the other training groups, labels still true (the spec's data.noise injects noise), with
+      `rule_label` (what signature_rules.py says) and `true_label` for the audit.
+    """
+    from signature_rules import rule_label
+
     rows, stats = read_rows(data_dir, scale, seed)
     evaluable = [r for r in rows if r["source"] not in HARD_NEGATIVE_SOURCES]
     test_of = assign_splits([r["group"] for r in evaluable], [r["label"] for r in evaluable], 0.0, test_share, seed)
     test_groups = {g for g, s in test_of.items() if s == "test"}
     test = [r for r in evaluable if r["group"] in test_groups]
     train = [r for r in rows if r["group"] not in test_groups]
-    clean_of = assign_splits([r["group"] for r in train], [r["label"] for r in train], 0.0, clean_share, seed + 1)
-    labelled = [r for r in train if clean_of[r["group"]] == "test"]
-    noisy = [r for r in train if clean_of[r["group"]] != "test"]
+    candidates = [r for r in train if r["source"] not in HARD_NEGATIVE_SOURCES]
+    val_of = assign_splits([r["group"] for r in candidates], [r["label"] for r in candidates], validation_share, 0.0,
+                           seed + 2, sources=[r["source"] for r in candidates])
+    val_groups = {g for g, s in val_of.items() if s == "validation"}
+    rest = [r for r in train if r["group"] not in val_groups]
+    clean_of = assign_splits([r["group"] for r in rest], [r["label"] for r in rest], 0.0, clean_share, seed + 1)
+    teacher_rows = [r for r in rest if clean_of[r["group"]] == "test"]
+    labelled = ([{**r, "fixed_split": "train"} for r in teacher_rows]
+                + [{**r, "fixed_split": "validation"} for r in train if r["group"] in val_groups])
+    noisy = [{**r, "rule_label": rule_label(r["text"]), "true_label": r["label"]}
+             for r in rest if clean_of[r["group"]] != "test"]
     rng = random.Random(seed)
     rng.shuffle(noisy)
     parts = {"test": [test], "labelled": [labelled], "noisy": [noisy[i::4] for i in range(4)]}
@@ -131,5 +150,12 @@ def write_experiment_shards(data_dir: Path, out: Path, clean_share: float = 0.1,
         for i, shard in enumerate(shards):
             write_parquet_atomic(pa.Table.from_pylist(shard), str(out / part / f"{part}-{i}.parquet"))
     stats.update({part: dict(Counter(r["label"] for shard in shards for r in shard)) for part, shards in parts.items()})
+    stats["labelled_by_split"] = {split: dict(Counter(r["label"] for r in labelled if r["fixed_split"] == split))
+                                  for split in ("train", "validation")}
+    malicious = [r for r in noisy if r["label"] == "malicious"]
+    benign = [r for r in noisy if r["label"] == "benign"]
+    stats["rule_labeller"] = {
+        "malicious_missed": round(sum(r["rule_label"] == "benign" for r in malicious) / max(len(malicious), 1), 4),
+        "benign_flagged": round(sum(r["rule_label"] == "malicious" for r in benign) / max(len(benign), 1), 4)}
     (out / "stats.json").write_text(json.dumps(stats, indent=1))
     return stats

@@ -33,7 +33,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from smallsec_ray.data.demo import cmdline, html, url
-from smallsec_ray.data.noise import inject_label_noise
+from smallsec_ray.data.noise import apply_noise, plan_noise
 from smallsec_ray.data.schema import GROUP, ID, LABEL, SOURCE
 from smallsec_ray.data.splits import TEST, assign_splits
 from smallsec_ray.errors import SmallsecError
@@ -44,8 +44,9 @@ CLASSES = {"cmdline": ("benign", "malicious"), "url": ("benign", "malicious"), "
 TEXT_COLUMN = {"cmdline": "text", "url": "url", "html": "html"}
 POSITIVE_SHARE = {"cmdline": 0.3, "url": 0.4, "html": 0.35}
 LABELLED_POSITIVE_SHARE = 0.45
-# Signature-style noise: detections are missed far more often than benign rows are flagged.
-FLIP_RATES = {artifact: {classes[1]: 0.2, classes[0]: 0.04} for artifact, classes in CLASSES.items()}
+# Signature-style noise, by whole groups: the families (binaries, kits, hosts) holding 30% of the detections
+# are missed throughout, and the families holding 10% of the benign rows are flagged throughout.
+FLIP_RATES = {artifact: {classes[1]: 0.3, classes[0]: 0.1} for artifact, classes in CLASSES.items()}
 NOVEL_SHARE = 0.15  # share of the non-test rows whose groups analysts never labelled (noisy/unlabelled only)
 MIN_ROWS = 20
 
@@ -69,7 +70,7 @@ LAYOUT = {
 README = """Synthetic demo data for smallsec-ray
 ====================================
 
-Everything here was made up by smallsec_ray/data/demo.py (seed {seed}, scale {scale}) from templates
+Everything here was made up by smallsec_ray/data/demo/ (seed {seed}, scale {scale}) from templates
 and random parts; no row comes from real telemetry. It exists so that the embedded default jobs run on
 a machine without real data. Do not draw conclusions about real detection quality from it.
 
@@ -79,7 +80,8 @@ attack technique; `group` is the binary). Classes: {classes}.
 
 Parts of each artifact (each split into shards, in mixed formats on purpose):
 * labelled/    clean, analyst-style labels
-* noisy/       labels with noise applied ({flip_rates}); `true_label` holds the clean label
+* noisy/       labels with signature-style noise by whole groups: per class, the groups holding this share
+               of its rows carry another label throughout ({flip_rates}); `true_label` holds the clean label
 * unlabelled/  label is null
 * test/        clean labels; its groups appear in no other part
 """
@@ -140,7 +142,10 @@ def _make_parts(artifact: str, rng: random.Random, seed: int, scale: float) -> d
         "unlabelled": _table(artifact, "unlabelled", others[sizes["noisy"]:]),
         "test": _table(artifact, "test", [row for row in pool if row[GROUP] in in_test]),
     }
-    tables["noisy"] = inject_label_noise(tables["noisy"], FLIP_RATES[artifact], CLASSES[artifact], seed)
+    noisy = tables["noisy"]
+    plan = plan_noise("groups", FLIP_RATES[artifact], CLASSES[artifact], seed, noisy[GROUP].to_pylist(),
+                      noisy[LABEL].to_pylist())
+    tables["noisy"] = apply_noise(noisy, plan)
     unlabelled = tables["unlabelled"]
     tables["unlabelled"] = unlabelled.set_column(unlabelled.schema.get_field_index(LABEL), LABEL,
                                                  pa.nulls(unlabelled.num_rows, pa.string()))
