@@ -139,7 +139,10 @@ class FitSpec(Section):
     warmup: float = Field(0.0, ge=0, lt=1, description="Share of all steps spent ramping the learning rate "
                           "up from 0.")
     early_stopping_patience: int = Field(2, ge=0, description="Stop after this many epochs without a better "
-                                         "validation loss (0: never stop early).")
+                                         "validation score (0: never stop early).")
+    select_by: Literal["loss", "auc"] = Field("loss", description="The validation score that picks the best "
+                                              "epoch and stops early: the training loss, or ROC AUC (a model "
+                                              "that memorises few rows can rank better as its loss rises).")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and strategy.")

@@ -68,6 +68,7 @@ def test_deepspeed_two_workers_learns_and_saves_a_plain_model_folder(trained, ro
     assert [m["epoch"] for m in result.epochs] == [1, 2, 3]
     assert best["val_loss"] == min(m["val_loss"] for m in result.epochs)
     assert best["val_accuracy"] > majority + 0.15, (best, majority)
+    assert 0.7 < best["val_auc"] <= 1.0  # AUC over both workers' validation rows
     assert result.samples_per_s > 0
     # The saved folder is the best epoch's model, and it scores the same without Ray.
     accuracy, classes = accuracy_without_ray(result.model_dir, val)
@@ -101,7 +102,7 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, row
 def test_continued_training_starts_from_the_saved_model_with_ddp_bf16(ray_local, trained, rows, tmp_path):
     result, out = trained
     train, val = rows
-    more = train_student(spec({"strategy": "ddp", "precision": "bf16"}, epochs=1),
+    more = train_student(spec({"strategy": "ddp", "precision": "bf16"}, epochs=1, select_by="auc"),
                          StudentSpec(preset="default", init_from=str(out / "model")), CLASSES,
                          ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path,
                          lineage=Lineage(job="more"))

@@ -30,6 +30,7 @@ import torch.distributed as dist
 from ray.data.collate_fn import NumpyBatchCollateFn
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchTrainer
+from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from smallsec_ray import console
@@ -137,7 +138,7 @@ class Progress:
     epoch: int = 0  # completed epochs
     step_in_epoch: int = 0  # batches done in the current epoch
     global_step: int = 0
-    best_val_loss: float = float("inf")
+    best_score: float = float("inf")  # of fit.select_by, lower is better (AUC is kept negated)
     bad_epochs: int = 0  # epochs since the best validation loss
     history: list[dict[str, Any]] = field(default_factory=list)
 
@@ -198,8 +199,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         metrics = validate(engine, task, encode, val_rows, training)
         progress.epoch += 1
         progress.step_in_epoch = 0
-        if metrics["val_loss"] < progress.best_val_loss:
-            progress.best_val_loss, progress.bad_epochs = metrics["val_loss"], 0
+        if score(metrics, training) < progress.best_score:
+            progress.best_score, progress.bad_epochs = score(metrics, training), 0
         else:
             progress.bad_epochs += 1
         metrics.update(epoch=progress.epoch, global_step=progress.global_step, resumed_at_step=resumed_at_step,
@@ -215,14 +216,24 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
     accuracy = "n/a" if m["val_accuracy"] is None else f"{m['val_accuracy']:.4f}"
+    auc = "n/a" if m["val_auc"] is None else f"{m['val_auc']:.4f}"
     return (f"epoch {m['epoch']}/{epochs}  train_loss {m['train_loss']:.4f}  val_loss {m['val_loss']:.4f}  "
-            f"val_accuracy {accuracy}  {m['samples_per_s']:,.0f} samples/s")
+            f"val_accuracy {accuracy}  val_auc {auc}  {m['samples_per_s']:,.0f} samples/s")
+
+
+def score(metrics: dict[str, Any], training: FitSpec) -> float:
+    """The number the best epoch and early stopping minimise: validation loss, or minus validation AUC."""
+    if training.select_by == "loss":
+        return metrics["val_loss"]
+    return -metrics["val_auc"] if metrics["val_auc"] is not None else float("inf")
 
 
 def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: FitSpec) -> dict[str, Any]:
-    """Loss (the training objective) and accuracy (rows with a hard label) over all ranks' shards."""
+    """Loss (the training objective), accuracy and ROC AUC (rows with a hard label; macro one-vs-rest for
+    more than two classes) over all ranks' shards."""
     engine.train(False)
     sums = torch.zeros(4, dtype=torch.float64)  # loss x rows, rows, correct, labelled rows
+    scored: list[tuple[np.ndarray, np.ndarray]] = []  # (probabilities, labels) of labelled rows
     with torch.no_grad():
         for batch in rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode):
             logits = task.logits(engine, batch).float()
@@ -232,12 +243,35 @@ def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: 
             correct = (logits.argmax(dim=1) == labels)[labelled].sum()
             sums += torch.tensor([loss.item() * len(labels), len(labels), correct.item(), labelled.sum().item()],
                                  dtype=torch.float64)
+            scored.append((torch.softmax(logits[labelled], -1).cpu().numpy(), labels[labelled].cpu().numpy()))
     engine.train(True)
     loss_sum, n, correct, labelled = all_sum(sums, engine.device).tolist()
     if n == 0:
         raise StageError("the validation split reached the workers empty; give more validation rows")
     return {"val_loss": loss_sum / n, "val_accuracy": correct / labelled if labelled else None,
-            "val_rows": int(n)}
+            "val_auc": roc_auc(all_gather(scored), len(task.classes)), "val_rows": int(n)}
+
+
+def all_gather(parts: list[Any]) -> list[Any]:
+    """Every rank's list items, on every rank (validation scores are small)."""
+    if not dist.is_initialized():
+        return parts
+    gathered: list[list[Any]] = [[] for _ in range(dist.get_world_size())]
+    dist.all_gather_object(gathered, parts)
+    return [item for rank in gathered for item in rank]
+
+
+def roc_auc(scored: list[tuple[np.ndarray, np.ndarray]], num_classes: int) -> float | None:
+    """ROC AUC of (probabilities, label) pairs: of class 1 for two classes, macro one-vs-rest beyond; None
+    when the labels hold one class only."""
+    probs = np.concatenate([p for p, _ in scored]) if scored else np.zeros((0, num_classes))
+    labels = np.concatenate([y for _, y in scored]) if scored else np.zeros(0, int)
+    present = np.unique(labels)
+    if len(present) < 2:
+        return None
+    if num_classes == 2:
+        return float(roc_auc_score(labels, probs[:, 1]))
+    return float(np.mean([roc_auc_score(labels == c, probs[:, c]) for c in present]))
 
 
 def all_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
@@ -308,6 +342,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
         raise StageError(f"{name}: {train_count} training rows for {scaling.workers} workers; give more rows")
     steps_per_epoch = math.ceil(train_count / scaling.workers / training.batch_size)
     use_gpu = scaling.gpus_per_worker > 0
+    best_by = ("val_loss", "min") if training.select_by == "loss" else ("val_auc", "max")
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if use_gpu else {})}
     trainer = TorchTrainer(
         train_loop_per_worker,
@@ -317,8 +352,8 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
         run_config=RunConfig(
             name=name, storage_path=str(out_dir / CHECKPOINTS_DIR),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute="val_loss",
-                                               checkpoint_score_order="min"),
+            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_by[0],
+                                               checkpoint_score_order=best_by[1]),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),
         datasets={"train": train_ds.randomize_block_order(seed=0), "validation": val_ds},
     )
@@ -326,7 +361,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
         result = trainer.fit()
     except ray.train.TrainingFailedError as err:
         raise StageError(f"{name}: training failed (after up to {scaling.max_failures} restarts): {err}") from err
-    best = result.get_best_checkpoint("val_loss", "min")
+    best = result.get_best_checkpoint(*best_by)
     if best is None or result.checkpoint is None:
         raise StageError(f"{name}: training reported no checkpoint; see the worker logs in the job log")
     model_dir = out_dir / MODEL_DIR
