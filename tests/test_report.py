@@ -94,6 +94,11 @@ def test_report_markdown_tells_the_run(report_files):
     assert "### distilled student: operating points on the test rows" in md
     assert "### Per source" in md and "| docs-only-benign | teacher |" in md
     assert comparison.sentence in md
+    # The first thing a reader sees: whether the student beat the baseline, in one sentence.
+    assert md.splitlines()[2] == f"**{comparison.verdict}**"
+    assert comparison.verdict.startswith(("The distilled student beat", "The distilled student did not beat"))
+    # Each operating point says how many validation negatives its threshold rests on.
+    assert "rests on (validation negatives above)" in md
     assert "## Label audit" in md
     # One line per table row, pipes escaped, so a command line cannot break the table.
     assert r"`` ls \| grep `x` rm -rf /tmp/x ``" in md
