@@ -64,7 +64,7 @@ def job_spec(args: argparse.Namespace, data: Path, noise: dict | None) -> dict:
         },
         "teacher": {"model": "bundled:all-minilm-l6-v2", "max_length": args.teacher_max_length,
                     "finetune": {"epochs": max(2, args.teacher_epochs // 2) if args.quick else args.teacher_epochs,
-                                 "batch_size": 32, "learning_rate": args.teacher_lr, "schedule": "linear",
+                                 "batch_size": 16, "learning_rate": args.teacher_lr, "schedule": "linear",
                                  "warmup": 0.1, "early_stopping_patience": 3, "select_by": "auc",
                                  "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}},
                     "ensemble": {"size": args.ensemble, "split": "folds"}},
@@ -72,7 +72,7 @@ def job_spec(args: argparse.Namespace, data: Path, noise: dict | None) -> dict:
         "student": {"model": "char_cnn", "preset": args.preset, "max_length": args.student_length},
         "training": {"epochs": epochs, "batch_size": 128, "learning_rate": args.lr, "schedule": "cosine",
                      "warmup": 0.1, "early_stopping_patience": 3, "select_by": "auc",
-                     "scaling": {"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 0.5}},
+                     "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}},
         "distillation": {"policy": args.policy, "alpha": args.alpha, "temperature": args.temperature,
                          "relabel_precision": args.relabel_precision},
         "evaluation": {"fprs": [0.001, 0.01], "group_by": ["source", "platform"], "audit_top_k": 200},
@@ -214,7 +214,7 @@ def main() -> None:
     parser.add_argument("--ensemble", type=int, default=1)
     parser.add_argument("--preset", default="small", choices=["tiny", "small", "default"])
     parser.add_argument("--student-length", type=int, default=256)
-    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--policy", default="relabel", choices=["soft", "relabel", "weighted"])
     parser.add_argument("--alpha", type=float, default=0.5)
