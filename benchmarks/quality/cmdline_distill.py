@@ -221,26 +221,35 @@ def main() -> None:
     parser.add_argument("--temperature", type=float, default=2.0)
     parser.add_argument("--relabel-precision", type=float, default=0.8)
     parser.add_argument("--name", default=None, help="results file stem (default cmdline_results[_quick])")
+    parser.add_argument("--resume", action="store_true",
+                        help="reuse a configuration's kept summary when it was made with the same recipe")
     args = parser.parse_args()
     args.out = args.out.resolve()
     started = time.monotonic()
     data = args.out / (f"data-clean{args.clean_share:g}" + ("-quick" if args.quick else ""))
     stats = write_experiment_shards(SHARED, data, clean_share=args.clean_share, scale=0.4 if args.quick else 1.0)
+    recipe = {k: v for k, v in vars(args).items() if k not in ("configs", "out", "name", "resume")}
     rows = []
     for config in args.configs:
         noise_model, rate, noise = CONFIGS[config]
+        kept = args.out / "configs" / config
+        if args.resume and (kept / "summary.json").exists():
+            summary = json.loads((kept / "summary.json").read_text())
+            if summary["recipe"] == recipe:
+                print(f"config {config}: kept summary of an earlier run with the same recipe, reused")
+                rows.append(summary["row"])
+                continue
         spec = parse_spec(job_spec(args, data, noise), f"config {config}")
         run_job(spec)
         run = Path(spec.output)
-        kept = args.out / "configs" / config
         shutil.rmtree(kept, ignore_errors=True)
         kept.mkdir(parents=True)
         for item in ("report.json", "report.md", "plots"):
             (shutil.copytree if (run / item).is_dir() else shutil.copy)(run / item, kept / item)
         rows.append(summarise(json.loads((run / "report.json").read_text()), noise_model, rate, run))
+        (kept / "summary.json").write_text(json.dumps({"recipe": recipe, "row": rows[-1]}, indent=1))
     seconds = time.monotonic() - started
     goal = goals(rows)
-    recipe = {k: v for k, v in vars(args).items() if k not in ("configs", "out", "name")}
     command = "python benchmarks/quality/cmdline_distill.py " + " ".join(sys.argv[1:])
     name = args.name or ("cmdline_results_quick" if args.quick else "cmdline_results")
     (HERE / f"{name}.json").write_text(json.dumps([{**row, "recipe": recipe} for row in rows], indent=1))
