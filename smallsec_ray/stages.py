@@ -1,5 +1,6 @@
 """A run is a list of named stages. Each writes its outputs and a manifest under `<output>/<stage>/`;
-a rerun skips every stage whose manifest says complete for the same inputs, so a run that died resumes.
+a rerun skips every stage whose manifest says complete for the same inputs, and a stage that died resumes
+from what it wrote if its keys and inputs are still the same (else its partial outputs are discarded).
 
 A stage declares what it depends on, and nothing else makes it rerun:
 * `reads`: the dotted spec keys it uses ("training", "teacher.finetune.epochs");
@@ -33,6 +34,7 @@ from smallsec_ray.errors import StageError
 from smallsec_ray.spec import JobSpec
 
 MANIFEST = "manifest.json"
+STARTED = "started.json"  # the fingerprint a stage was started with: a run that died resumes only under it
 
 
 @dataclass
@@ -87,10 +89,13 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
         if old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint and not forcing:
             echo(f"{tag}: complete (ran {old['finished']}), skipped")
         else:
-            why = _why(old, reads, inputs, forcing, stage_dir)
-            if old is not None and stage_dir.exists():
-                # A finished stage with other inputs (or forced): its outputs are stale. A stage dir with no
-                # manifest is a run that died; it is kept so that the stage can resume from what it wrote.
+            # A stage folder without a manifest is a run that died: it is kept so that the stage resumes from
+            # what it wrote, but only if it was started with the same keys and inputs. Anything else is stale.
+            started = _read_json(stage_dir / STARTED)
+            resuming = (old is None and not forcing and started is not None
+                        and started.get("fingerprint") == fingerprint)
+            why = "resuming" if resuming else _why(old or started, reads, inputs, forcing)
+            if stage_dir.exists() and not resuming:
                 shutil.rmtree(stage_dir)
             echo(f"{tag}: running{f' ({why})' if why else ''} - {stage.about}")
             args = {arg: results[source] for arg, source in stage.inputs.items()}
@@ -106,10 +111,11 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
 
 
 def read_manifest(stage_dir: Path) -> dict | None:
-    path = stage_dir / MANIFEST
-    if not path.is_file():
-        return None
-    return json.loads(path.read_text())
+    return _read_json(stage_dir / MANIFEST)
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.is_file() else None
 
 
 def check_rows(name: str, result: Any, where: str = "") -> None:
@@ -146,12 +152,12 @@ def _fingerprint(reads: dict[str, Any], inputs: dict[str, str]) -> str:
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
-def _why(old: dict | None, reads: dict[str, Any], inputs: dict[str, str], forcing: bool, stage_dir: Path) -> str:
-    """Why a stage runs, in a few words: forced, which keys or inputs changed, or resuming."""
+def _why(old: dict | None, reads: dict[str, Any], inputs: dict[str, str], forcing: bool) -> str:
+    """Why a stage runs, in a few words: forced, or which keys or inputs changed since it last ran."""
     if forcing:
         return "forced"
     if old is None:
-        return "resuming" if stage_dir.exists() else ""
+        return ""
     changed = [k for k in reads if old.get("reads", {}).get(k) != reads[k]]
     changed += [f"results of {k}" for k in inputs if old.get("inputs", {}).get(k) != inputs[k]]
     return f"changed: {', '.join(changed)}" if changed else "inputs changed"
@@ -161,6 +167,9 @@ def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str,
              args: dict[str, Any]) -> dict:
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
+    if not (ctx.stage_dir / STARTED).exists():
+        (ctx.stage_dir / STARTED).write_text(json.dumps(
+            {"fingerprint": fingerprint, "reads": reads, "inputs": inputs, "started": _iso(started)}, default=str))
     result = stage.run(ctx, **args)
     if not isinstance(result, stage.result_type):
         raise StageError(f"stage {stage.name!r} returned a {type(result).__name__}, not the "

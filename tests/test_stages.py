@@ -31,10 +31,12 @@ class Counted:
     calls: int
 
 
-def recording_stages(calls: list[str], fail_in: str | None = None) -> list[Stage]:
+def recording_stages(calls: list[str], fail_in: str | None = None, found: list[str] | None = None) -> list[Stage]:
     def make(name: str):
         def run(ctx: StageContext, **inputs: Counted) -> Counted:
             calls.append(name)
+            if found is not None and (ctx.stage_dir / "partial").exists():
+                found.append(name)  # the stage found what an earlier run of it wrote
             (ctx.stage_dir / "partial").write_text("x")
             if name == fail_in:
                 raise RuntimeError("worker died")
@@ -84,9 +86,25 @@ def test_a_stage_that_died_resumes_with_its_partial_outputs(spec):
     stage_b = Path(spec.output) / "b"
     assert (stage_b / "partial").exists() and not (stage_b / "manifest.json").exists()
     lines: list[str] = []
-    run_stages(spec, recording_stages(calls), Path(spec.output), echo=lines.append)
+    found: list[str] = []
+    run_stages(spec, recording_stages(calls, found=found), Path(spec.output), echo=lines.append)
     assert calls == ["a", "b", "b", "c"]
+    assert found == ["b"]
     assert any("b: running (resuming)" in line for line in lines)
+
+
+def test_a_stage_that_died_under_other_keys_starts_afresh(spec):
+    """A checkpoint written under other settings (another noise rate, another preset) must not be resumed."""
+    calls: list[str] = []
+    with pytest.raises(RuntimeError):
+        run_stages(spec, recording_stages(calls, fail_in="b"), Path(spec.output), echo=quiet)
+    changed = spec.model_copy(update={"student": spec.student.model_copy(update={"preset": "tiny"})})
+    lines: list[str] = []
+    found: list[str] = []
+    run_stages(changed, recording_stages(calls, found=found), Path(spec.output), echo=lines.append)
+    assert calls == ["a", "b", "b", "c"]
+    assert found == []
+    assert any("b: running (changed: student)" in line for line in lines)
 
 
 def test_lost_rows_fail_the_stage(spec):
