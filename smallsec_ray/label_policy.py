@@ -52,6 +52,8 @@ class PolicyReport:
     noisy_rows: int
     thresholds: dict[str, float] = field(default_factory=dict)
     estimated_precision: dict[str, float | None] = field(default_factory=dict)
+    # the highest precision estimated on the grid and its threshold: why nothing was relabelled, if nothing was
+    best_estimate: dict[str, dict[str, float]] = field(default_factory=dict)
     changed: dict[str, int] = field(default_factory=dict)  # given class -> rows relabelled
     changed_correctly: dict[str, int] | None = None  # known in experiments only (true_label)
 
@@ -71,13 +73,15 @@ def plan_policy(distillation: DistillationSpec, classes: list[str], noisy_paths:
     for index, cls in enumerate(classes):
         clean_doubt = 1.0 - val_probs[np.array([label == cls for label in val_labels], bool), index]
         n_noisy = totals["rows"][cls]
-        threshold, estimate = 1.0, None
+        threshold, estimate, best = 1.0, None, {"threshold": 1.0, "precision": 0.0}
         for t in GRID:
             above = int(totals["doubt"][cls][edges[1:] > t + 1e-12].sum())
             if above == 0 or len(clean_doubt) == 0:
                 continue
             e = float(np.mean(clean_doubt > t))
             precision = (above - e * n_noisy) / (1.0 - e) / above if e < 1.0 else 0.0
+            if precision > best["precision"]:
+                best = {"threshold": t, "precision": round(precision, 4)}
             if precision >= distillation.relabel_precision:
                 threshold, estimate = t, round(max(precision, 0.0), 4)
                 break
@@ -86,6 +90,7 @@ def plan_policy(distillation: DistillationSpec, classes: list[str], noisy_paths:
         plan.thresholds[cls] = threshold
         report.thresholds[cls] = threshold
         report.estimated_precision[cls] = estimate
+        report.best_estimate[cls] = best
         above_bins = edges[1:] > threshold + 1e-12
         report.changed[cls] = int(totals["doubt"][cls][above_bins].sum())
         if report.changed_correctly is not None:

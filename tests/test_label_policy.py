@@ -51,6 +51,7 @@ def test_relabel_threshold_from_clean_rows_fixes_mostly_wrong_labels(ray_local, 
     changed, correct = sum(report.changed.values()), sum(report.changed_correctly.values())
     assert correct / changed >= 0.75 and correct >= 0.7 * wrong, report
     assert report.estimated_precision["benign"] >= 0.75  # missed malicious rows are labelled benign
+    assert report.best_estimate["benign"]["precision"] >= report.estimated_precision["benign"]
     relabelled = apply_policy(train, plan)
     fixed = sum(n != g and n == t for n, g, t in zip(relabelled[schema.LABEL].to_pylist(),
                                                      train[schema.LABEL].to_pylist(),
@@ -66,6 +67,9 @@ def test_without_label_noise_the_estimate_relabels_almost_nothing(ray_local, noi
     _, report = plan_policy(DistillationSpec(policy="relabel"), CLASSES, [str(tmp_path / "clean.parquet")],
                             val_labels, val_probs, noise=None)
     assert sum(report.changed.values()) <= 0.01 * report.noisy_rows, report
+    # where nothing reaches the asked precision, the report says how far the best threshold got
+    unused = [c for c in CLASSES if report.estimated_precision[c] is None]
+    assert all(report.best_estimate[c]["precision"] < 0.8 for c in unused), report
 
 
 def test_weights_follow_the_teachers_belief_in_the_given_label(ray_local, noisy_shard):
