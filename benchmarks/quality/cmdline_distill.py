@@ -232,7 +232,7 @@ def main() -> None:
     rows = []
     for config in args.configs:
         noise_model, rate, noise = CONFIGS[config]
-        kept = args.out / "configs" / config
+        kept = args.out / ("configs" if args.name is None else f"configs-{args.name}") / config
         if args.resume and (kept / "summary.json").exists():
             summary = json.loads((kept / "summary.json").read_text())
             if summary["recipe"] == recipe:
