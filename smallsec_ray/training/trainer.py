@@ -208,7 +208,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                        samples_per_s=rows / seconds)
         progress.history.append(metrics)
         if rank == 0:
-            stop = progress.out_of_patience(training.early_stopping_patience)
+            stop = progress.out_of_patience(training.early_stopping_patience) and progress.epoch < training.epochs
             console.post(config["relay"], f"    {config['name']}: " + epoch_line(metrics, training.epochs)
                          + ("  (early stop)" if stop else ""))
         save_and_report(engine, task, progress, metrics)
