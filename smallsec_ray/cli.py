@@ -146,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("demo-data", help="write a small synthetic telemetry set (for the demo job only)",
                        description="Write synthetic command lines, URLs and HTML pages (labelled, noisily "
-                       "labelled, unlabelled and test parts, in Parquet, JSONL and CSV shards) to DIR. The noisy part's "
-                       "labels are wrong by whole families, as signatures are: whole malicious groups holding 30% "
-                       "of its malicious rows are labelled benign, whole benign groups holding 10% of its benign "
-                       "rows malicious; its true_label column keeps the truth for the label audit.")
+                       "labelled, unlabelled and test parts, in Parquet, JSONL and CSV shards) to DIR. "
+                       "The noisy part's labels are wrong by whole families, as signatures are: whole malicious "
+                       "groups holding 30% of its malicious rows are labelled benign, whole benign groups holding "
+                       "10% of its benign rows malicious; its true_label column keeps the truth for the label audit.")
     p.add_argument("dir", help="folder to write into")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--scale", type=float, default=1.0, help="size multiplier (default 1.0)")
