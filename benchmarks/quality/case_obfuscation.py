@@ -42,7 +42,8 @@ def main(run: Path) -> None:
     teacher_dir = run / manifest["finetune_teacher"]["members"][0]["model"]
     teacher = make_teacher("classifier", "hf", str(teacher_dir), ["benign", "malicious"], max_length=128)
     scorers = {"teacher": lambda batch: teacher.probs(batch)[:, 1]}
-    for name, stage in (("baseline student", "train_baseline"), ("distilled student", "train_student")):
+    # the distilled student as shipped (export), the baseline as trained
+    for name, stage in (("baseline student", "train_baseline"), ("distilled student", "export")):
         folder = run / manifest[stage]["model_dir"]
         scorers[name] = lambda batch, folder=folder: score_student(folder, batch)[:, 1]
     print(f"{len(texts)} malicious test rows, letters in random case (seed 0)\n")
