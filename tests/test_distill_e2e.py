@@ -15,7 +15,7 @@ from smallsec_ray.cli import main
 from smallsec_ray.data.demo import write_demo_data
 from smallsec_ray.students.folder import read_config
 
-pytestmark = pytest.mark.timeout(1500)
+pytestmark = pytest.mark.timeout(3600)  # generous: a loaded 2-core machine is several times slower
 
 RAY_INTERNALS = ("PlacementGroupCleaner", "TrainingReport", "core_worker", "SplitCoordinator", "RayTrainWorker",
                  "(raylet)", "Traceback")
@@ -62,7 +62,7 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     # Ray's, vLLM's and DeepSpeed's own lines go to the run's log.
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "SMALLSEC_VERBOSE")}
     proc = subprocess.run([sys.executable, "-m", "smallsec_ray.cli", "run", str(spec_path)], env=env,
-                          capture_output=True, text=True, timeout=1200)
+                          capture_output=True, text=True, timeout=2400)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:] + (out / "job.log").read_text()[-5000:]
     printed = proc.stdout
     assert f"log {out / 'job.log'}" in printed.splitlines()[0]
