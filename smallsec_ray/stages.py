@@ -167,9 +167,8 @@ def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str,
              args: dict[str, Any]) -> dict:
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    if not (ctx.stage_dir / STARTED).exists():
-        (ctx.stage_dir / STARTED).write_text(json.dumps(
-            {"fingerprint": fingerprint, "reads": reads, "inputs": inputs, "started": _iso(started)}, default=str))
+    (ctx.stage_dir / STARTED).write_text(json.dumps(
+        {"fingerprint": fingerprint, "reads": reads, "inputs": inputs, "started": _iso(started)}, default=str))
     result = stage.run(ctx, **args)
     if not isinstance(result, stage.result_type):
         raise StageError(f"stage {stage.name!r} returned a {type(result).__name__}, not the "
