@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
-from sklearn.metrics import f1_score, roc_auc_score
+from sklearn.metrics import f1_score, precision_recall_fscore_support, roc_auc_score
 
 from smallsec_ray.errors import DataError
 
@@ -113,6 +113,45 @@ def evaluate_scores(scores: np.ndarray, y_true: np.ndarray, thresholds: dict[str
 
 
 @dataclass
+class ClassScores:
+    precision: float
+    recall: float
+    f1: float
+    support: int  # test rows of this class
+    roc_auc: float | None  # this class against the rest; None when the rows hold it only or not at all
+
+
+@dataclass
+class ClassMetrics:
+    """Metrics over all classes: predictions are the most likely class, AUC is one-vs-rest per class."""
+
+    n: int
+    accuracy: float
+    macro_f1: float  # F1 averaged over the classes present in the truth or the predictions
+    roc_auc_macro: float | None  # mean of the per-class one-vs-rest AUCs that are defined
+    per_class: dict[str, ClassScores]
+
+
+def class_metrics(probs: np.ndarray, labels: list[str], classes: list[str]) -> ClassMetrics:
+    """Accuracy, macro-F1 and one-vs-rest AUC of class probabilities [N, C] against class-name labels."""
+    probs = _probs_matrix("class metrics", probs, len(labels), classes)
+    y = np.array([_label_index("class metrics", i, label, classes) for i, label in enumerate(labels)])
+    predicted = probs.argmax(axis=1)
+    present = sorted(set(y.tolist()) | set(predicted.tolist()))
+    precision, recall, f1, support = precision_recall_fscore_support(y, predicted, labels=range(len(classes)),
+                                                                     zero_division=0)
+    aucs = [float(roc_auc_score(y == c, probs[:, c])) if 0 < (y == c).sum() < len(y) else None
+            for c in range(len(classes))]
+    defined = [a for a in aucs if a is not None]
+    return ClassMetrics(
+        n=len(y), accuracy=float((predicted == y).mean()) if len(y) else 0.0,
+        macro_f1=float(np.mean(f1[present])) if present else 0.0,
+        roc_auc_macro=float(np.mean(defined)) if defined else None,
+        per_class={name: ClassScores(float(precision[c]), float(recall[c]), float(f1[c]), int(support[c]), aucs[c])
+                   for c, name in enumerate(classes)})
+
+
+@dataclass
 class ModelReport:
     """One model evaluated on the test rows: overall, per group value, with thresholds from validation."""
 
@@ -127,6 +166,7 @@ class ModelReport:
     threshold_support: dict[str, int]
     overall: Metrics
     groups: dict[str, dict[str, Metrics]]  # group column -> value -> metrics
+    by_class: ClassMetrics  # every class, from the full probability vectors (multi-class figures)
     scores: np.ndarray = field(repr=False)  # positive-class score of each test row (plots, comparisons)
     y_true: np.ndarray = field(repr=False)  # 1 where the test row's label is the positive class
 
@@ -164,7 +204,7 @@ def evaluate_model(name: str, probs: np.ndarray, labels: list[str], classes: lis
     return ModelReport(name=name, classes=list(classes), positive_class=positive_class, fprs=list(fprs),
                        n_validation=len(val_labels), thresholds=thresholds, threshold_support=support,
                        overall=evaluate_scores(scores, y_true, thresholds, fprs), groups=per_group,
-                       scores=scores, y_true=y_true)
+                       by_class=class_metrics(probs, labels, classes), scores=scores, y_true=y_true)
 
 
 @dataclass

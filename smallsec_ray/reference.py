@@ -43,7 +43,9 @@ def fit_linear_reference(texts: list[str], labels: list[str], ids: list[str], va
     val_y = np.array([label == positive_class for label in val_labels])
     fits, aucs = {}, {}
     for c in C_GRID:
-        model = ReferenceModel(vectorizer, LogisticRegression(C=c, solver="liblinear", max_iter=1000).fit(x, y),
+        # liblinear fits two classes fast; beyond two, lbfgs fits one multinomial model.
+        solver = "liblinear" if len(classes) == 2 else "lbfgs"
+        model = ReferenceModel(vectorizer, LogisticRegression(C=c, solver=solver, max_iter=1000).fit(x, y),
                                classes, max_chars)
         fits[c] = model
         scores = model.predict_proba_x(val_x)[:, classes.index(positive_class)]

@@ -27,11 +27,13 @@ _MARKERS = ("o", "s", "^", "D", "v", "P")
 
 
 def write_report(out_dir: str | Path, job: dict, stage_summaries: list[dict], models: list[ModelReport],
-                 comparisons: list[Comparison], audit: Audit | None, extra: dict) -> tuple[Path, Path]:
+                 comparisons: list[Comparison], audit: Audit | None, extra: dict,
+                 sections: list[str] | None = None) -> tuple[Path, Path]:
     """Writes report.json, report.md and the plots under `out_dir`; returns the two report paths.
 
     A stage summary is a dict with "stage" and, where they apply, "rows_in", "rows_out" and
-    "rows_quarantined"; its other keys are shown as details.
+    "rows_quarantined"; its other keys are shown as details. `sections` are markdown blocks of the
+    workload's own (its headline figures and plots, see save_plot), shown first.
     """
     out = Path(out_dir)
     (out / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
@@ -48,7 +50,7 @@ def write_report(out_dir: str | Path, job: dict, stage_summaries: list[dict], mo
     payload = {"job": job, "stages": stage_summaries, "models": [m.to_dict() for m in models],
                "comparisons": comparisons, "audit": audit, "extra": extra, "plots": plots}
     json_path.write_text(json.dumps(_jsonable(payload), indent=2, allow_nan=False) + "\n")
-    md_path.write_text(_markdown(job, stage_summaries, models, comparisons, audit, extra, plots))
+    md_path.write_text(_markdown(job, stage_summaries, models, comparisons, audit, extra, plots, sections or []))
     return json_path, md_path
 
 
@@ -165,6 +167,12 @@ def _save(fig: Figure, out: Path, name: str) -> str:
     return relative
 
 
+def save_plot(fig: Figure, out_dir: str | Path, name: str) -> str:
+    """Saves a workload's own figure as out_dir/plots/NAME; returns the path report.md links to."""
+    (Path(out_dir) / PLOTS_DIR).mkdir(parents=True, exist_ok=True)
+    return _save(fig, Path(out_dir), name)
+
+
 def _slug(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", name).strip("-") or "model"
 
@@ -173,9 +181,10 @@ def _slug(name: str) -> str:
 
 
 def _markdown(job: dict, stages: list[dict], models: list[ModelReport], comparisons: list[Comparison],
-              audit: Audit | None, extra: dict, plots: dict[str, str]) -> str:
+              audit: Audit | None, extra: dict, plots: dict[str, str], sections: list[str]) -> str:
     parts = [f"# Run report: {job.get('name', 'unnamed job')}", ""]
     parts += [f"**{c.verdict}**" for c in comparisons] + ([""] if comparisons else [])
+    parts += [block for section in sections for block in (section, "")]
     parts += ["## What ran", "",
              _table(["key", "value"], [[k, _value(v)] for k, v in job.items()]), "",
              "## Rows per stage", "", _stage_table(stages), ""]
@@ -215,6 +224,8 @@ def _models_section(models: list[ModelReport], plots: dict[str, str]) -> list[st
              _table(["model", "rows", "positives", "accuracy", "ROC AUC", "macro-F1"],
                     [[m.name, _fmt(m.overall.n), _fmt(m.overall.n_pos), _fmt(m.overall.accuracy),
                       _fmt(m.overall.roc_auc), _fmt(m.overall.macro_f1)] for m in models]), ""]
+    if len(ref.classes) > 2:
+        parts += _classes_section(models)
     if "roc" in plots:
         parts += [f"![ROC curves]({plots['roc']})", ""]
     for m in models:
@@ -235,6 +246,18 @@ def _models_section(models: list[ModelReport], plots: dict[str, str]) -> list[st
     if "scores" in plots:
         parts += [f"![Score histograms]({plots['scores']})", ""]
     return parts
+
+
+def _classes_section(models: list[ModelReport]) -> list[str]:
+    classes = models[0].classes
+    headers = ["model", "accuracy", "macro-F1", "ROC AUC (one-vs-rest, macro)"]
+    headers += [f"F1 {c}" for c in classes] + [f"AUC {c}" for c in classes]
+    rows = [[m.name, _fmt(m.by_class.accuracy), _fmt(m.by_class.macro_f1), _fmt(m.by_class.roc_auc_macro)]
+            + [_fmt(m.by_class.per_class[c].f1) for c in classes]
+            + [_fmt(m.by_class.per_class[c].roc_auc) for c in classes] for m in models]
+    return ["### All classes", "",
+            f"Each model predicts its most likely of the {len(classes)} classes; AUC is each class against the "
+            "rest.", "", _table(headers, rows), ""]
 
 
 def _group_table(models: list[ModelReport], column: str) -> str:

@@ -262,6 +262,56 @@ class DistillationSpec(Section):
     weight_power: float = Field(1.0, gt=0, description="weighted: the power of p_teacher(given label).")
 
 
+class SemiSupervisedSpec(Section):
+    """The semi_supervised workload: teacher rounds over the unlabelled pool, then students trained on mixes
+    of labelled and pseudo-labelled rows."""
+
+    rounds: int = Field(1, ge=1, le=10, description="Teacher rounds at most: round 1 is the teacher fine-tuned "
+                        "on the labelled rows; each further round fine-tunes it again on the labelled rows plus "
+                        "the last round's pseudo-labelled pool, and relabels the pool.")
+    min_gain: float = Field(0.002, ge=0, description="Stop the rounds when a round's teacher gains less than this "
+                            "on the labelled validation rows (round_metric); the best round labels the students' "
+                            "rows.")
+    round_metric: Literal["auc", "macro_f1"] = Field("auc", description="The teacher's validation metric the "
+                                                     "rounds compare: ROC AUC (one-vs-rest, macro) or macro-F1.")
+    round_targets: Literal["soft", "hard"] = Field(
+        "soft", description="How the pool enters a further round's fine-tuning: the teacher's probabilities "
+        "(soft), or its most likely class where its probability is at least round_confidence (hard).")
+    round_confidence: float = Field(0.9, ge=0, le=1, description="round_targets hard: the lowest teacher "
+                                    "probability of a pool row used.")
+    round_max_rows: int | None = Field(None, gt=0, description="Pseudo-labelled pool rows in a round's "
+                                       "fine-tuning at most (a seeded sample; null: all).")
+    ratios: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], description="The fixed-size "
+                                "curve: one student per share r of its training rows drawn from the pseudo-labelled "
+                                "pool (r = 0: labelled rows only).")
+    train_rows: int | None = Field(None, gt=0, description="Training rows of every student of the fixed-size "
+                                   "curve; null: the labelled training rows (at most that many).")
+    added_rows: list[int] = Field(default_factory=list, description="The growing curve: one student per count of "
+                                  "pseudo-labelled rows added to all the labelled rows (0 = labelled only, -1 = the "
+                                  "whole pool), e.g. [0, 10000, 50000, -1]. Empty: no such curve.")
+    confidence: float = Field(0.0, ge=0, le=1, description="Pool rows whose top teacher probability is below "
+                              "this are not given to students.")
+    balance: bool = Field(False, description="Draw the students' pool rows evenly over the teacher's predicted "
+                          "classes (as far as each class has rows).")
+    targets: Literal["soft", "hard"] = Field("soft", description="Students learn a pool row from the teacher's "
+                                             "probabilities (soft) or from its most likely class (hard).")
+    seed: int = Field(0, description="Seed of the row samples.")
+
+    @field_validator("ratios")
+    @classmethod
+    def _ratios_are_shares(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 <= r <= 1.0 for r in value) or len(set(value)) != len(value):
+            raise ValueError("ratios must be distinct shares in [0, 1], at least one")
+        return value
+
+    @field_validator("added_rows")
+    @classmethod
+    def _added_rows_are_counts(cls, value: list[int]) -> list[int]:
+        if any(n < -1 for n in value) or len(set(value)) != len(value):
+            raise ValueError("added_rows must be distinct counts >= 0, or -1 for the whole pool")
+        return value
+
+
 class EvaluationSpec(Section):
     fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01], description="False-positive rates at "
                               "which TPR is reported (thresholds picked on the validation split).")
@@ -297,6 +347,8 @@ class JobSpec(Section):
     training: TrainingSpec = Field(default_factory=TrainingSpec, description="Student training on Ray Train.")
     distillation: DistillationSpec = Field(default_factory=DistillationSpec, description="How the student "
                                            "mixes the given labels with the teacher's probabilities.")
+    semi_supervised: SemiSupervisedSpec = Field(default_factory=SemiSupervisedSpec, description="Teacher rounds "
+                                                "and student mixes of the semi_supervised workload.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
@@ -314,6 +366,16 @@ class JobSpec(Section):
         if self.teacher.ensemble.size > 1 and not (self.teacher.kind == "classifier" and self.teacher.finetune.enabled):
             raise ValueError("teacher.ensemble.size > 1 needs a classifier teacher fine-tuned here "
                              "(teacher.kind: classifier, teacher.finetune.enabled: true)")
+        semi = self.workload == "semi_supervised"
+        if semi and self.semi_supervised.rounds > 1 and not (self.teacher.kind == "classifier"
+                                                             and self.teacher.finetune.enabled):
+            raise ValueError("semi_supervised.rounds > 1 fine-tunes the teacher again each round: it needs a "
+                             "classifier teacher with teacher.finetune.enabled: true (or rounds: 1)")
+        if self.workload == "semi_supervised" and self.semi_supervised.rounds > 1 and self.teacher.ensemble.size > 1:
+            raise ValueError("semi_supervised.rounds > 1 with teacher.ensemble.size > 1 is not supported: further "
+                             "rounds fine-tune one teacher; use rounds: 1 or ensemble.size: 1")
+        if self.workload == "semi_supervised" and not self.data.unlabelled:
+            raise ValueError("workload semi_supervised needs data.unlabelled: the pool the teacher pseudo-labels")
         unknown = set(self.teacher.verbalizers) - set(self.classes)
         if unknown:
             raise ValueError(f"teacher.verbalizers names unknown classes {sorted(unknown)}; allowed: {self.classes}")

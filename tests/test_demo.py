@@ -81,6 +81,7 @@ def test_labels_are_sane_per_part(rows):
     for artifact in ARTIFACTS:
         benign, positive = CLASSES[artifact]
         assert all(row[LABEL] is None for row in rows[f"{artifact}/unlabelled"])
+        assert {row["true_label"] for row in rows[f"{artifact}/unlabelled"]} == {benign, positive}
         for part in ("labelled", "noisy", "test"):
             labels = Counter(row[LABEL] for row in rows[f"{artifact}/{part}"])
             assert set(labels) == {benign, positive}, (artifact, part)

@@ -123,6 +123,10 @@ def test_shipped_job_specs_are_valid(tmp_path, monkeypatch):
     cluster = load_spec(repo / "jobs" / "cluster" / "distill.yaml")
     assert cluster.training.scaling.gpus_per_worker == 1 and cluster.labeling.replicas == (1, 8)
     assert cluster.teacher.finetune.scaling.zero_stage == 3 and cluster.training.scaling.strategy == "ddp"
+    local = load_job(repo / "jobs" / "local" / "semi_supervised.yaml")
+    assert local.workload == "semi_supervised" and local.semi_supervised.rounds == 2
+    cluster = load_spec(repo / "jobs" / "cluster" / "semi_supervised.yaml")
+    assert cluster.classes == ["benign", "phishing", "malware"] and cluster.semi_supervised.added_rows[-1] == -1
     for path in (repo / "jobs").rglob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path} must open with a comment saying what it does"
 
@@ -134,6 +138,16 @@ def test_teacher_fine_tuning_and_student_training_have_their_own_scaling(shard):
     assert spec.teacher.finetune.scaling.zero_stage == 3 and spec.training.scaling.zero_stage == 1
     assert "offload needs" in errors_of(minimal(shard, training={"scaling": {"strategy": "ddp",
                                                                              "offload": "optimizer"}}))
+
+
+def test_semi_supervised_keys_are_checked(shard):
+    assert "needs data.unlabelled" in errors_of(minimal(shard, workload="semi_supervised"))
+    semi = minimal(shard, workload="semi_supervised", data={"labelled": [str(shard)], "unlabelled": [str(shard)]})
+    assert parse_spec(semi).semi_supervised.ratios == [0.0, 0.25, 0.5, 0.75, 1.0]
+    assert "ratios must be distinct shares" in errors_of({**semi, "semi_supervised": {"ratios": [0.5, 1.5]}})
+    assert "added_rows must be distinct" in errors_of({**semi, "semi_supervised": {"added_rows": [-2]}})
+    assert "needs a classifier teacher" in errors_of({**semi, "semi_supervised": {"rounds": 2},
+                                                      "teacher": {"finetune": {"enabled": False}}})
 
 
 def test_a_teacher_model_uri_is_refused_by_validate(shard):

@@ -80,12 +80,13 @@ def test_a_group_too_big_for_test_stays_in_train_and_small_groups_fill_test():
     assert 0.5 * 300 <= test_rows <= 2 * 300  # target: 20% of 1,500 rows
 
 
-def test_unlabelled_groups_are_split_as_their_own_stratum():
-    groups = [f"g{i}" for i in range(200)]
-    labels = [None] * 100 + ["benign"] * 100
-    assignment = assign_splits(groups, labels, validation=0.0, test=0.3, seed=5)
-    unlabelled_in_test = sum(assignment[f"g{i}"] == "test" for i in range(100))
-    assert unlabelled_in_test == 30
+def test_groups_without_a_labelled_row_all_train_and_leave_the_labelled_shares_alone():
+    groups = [f"g{i}" for i in range(200)] + ["g0"]  # g0 also has a labelled row: it is split as labelled
+    labels = [None] * 100 + ["benign"] * 100 + ["benign"]
+    assignment = assign_splits(groups, labels, validation=0.1, test=0.3, seed=5)
+    assert all(assignment[f"g{i}"] == "train" for i in range(1, 100))
+    labelled = [assignment[f"g{i}"] for i in [0, *range(100, 200)]]
+    assert 29 <= labelled.count("test") <= 32 and 8 <= labelled.count("validation") <= 11  # of 102 rows
 
 
 def test_split_table_names_a_group_missing_from_the_assignment():

@@ -10,6 +10,7 @@ import time
 import urllib.request
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import yaml
 
@@ -85,3 +86,36 @@ def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, cap
     assert rows["rows_in"] == 200 and rows["rows_out"] + rows["rows_quarantined"] == 200
     # The job's log (what `ray job logs` shows) has the stage lines, not Ray's own.
     assert "[1/7] prepare: done" in printed and "(raylet)" not in printed
+
+
+def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_path, shared_data, tiny_classifier,
+                                                                 capsys, monkeypatch):
+    """jobs/cluster/semi_supervised.yaml as shipped, its ${...} defaults pointed at local files (the Ray job
+    does not see this process's environment), through prepare on the local head."""
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    urls = pd.read_csv(shared_data / "url" / "phishtank.csv", usecols=["url"]).drop_duplicates()
+    for k, (name, part) in enumerate((("url-analyst-labelled", "labelled"), ("url-proxy-logs", "unlabelled"),
+                                      ("url-held-out-domains", "test"))):
+        (data / name).mkdir(parents=True)
+        rows = urls.iloc[k * 60:(k + 1) * 60]
+        rows = rows.assign(registered_domain=rows["url"], id=[f"{part}-{i}" for i in range(len(rows))])
+        if part != "unlabelled":
+            rows = rows.assign(label="phishing")
+        rows.to_parquet(data / name / "part-0.parquet")
+    text = (repo / "jobs" / "cluster" / "semi_supervised.yaml").read_text()
+    text = text.replace("${DATA_URI:-s3://my-bucket/telemetry}", str(data))
+    text = text.replace("${OUTPUT_DIR:-/mnt/shared/smallsec-runs}", str(tmp_path / "runs"))
+    text = text.replace("${TEACHER_DIR:-/mnt/models/Qwen2.5-7B-Instruct}", str(tiny_classifier))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(text)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "workload semi_supervised, 7 stages" in printed and "[1/7] prepare: done" in printed
+    prepare = json.loads((tmp_path / "runs" / "semi-supervised-cluster" / "prepare" / "manifest.json").read_text())
+    parts = prepare["result"]["parts"]
+    assert parts["unlabelled"]["rows"]["rows_out"] == 60 and parts["unlabelled"]["by_split"] == {"train": 60}

@@ -25,7 +25,8 @@ def assign_splits(groups: Sequence[str], labels: Sequence[str | None], validatio
     """Maps every group to "train", "validation" or "test".
 
     Groups are bucketed by their majority label (ties go to the alphabetically first label; groups with
-    no label at all form their own stratum), and with `sources` (one per row) also by their majority
+    no labelled row at all go to train: unlabelled rows cannot be validated or tested on), and with
+    `sources` (one per row) also by their majority
     source, so that every source gets its share of each split. Within a stratum, groups are taken in the
     order of a seeded hash of their name and fill test, then validation, each up to its share of the
     stratum's rows; the rest go to train. A group joins test or validation only if that brings the
@@ -57,7 +58,10 @@ def assign_splits(groups: Sequence[str], labels: Sequence[str | None], validatio
         strata[_majority_label(labels_per_group[group]), _majority_label(sources_per_group[group])].append(group)
 
     assignment: dict[str, str] = {}
-    for members in strata.values():
+    for (label, _), members in strata.items():
+        if label is None:  # no row of these groups has a label: nothing to validate or test them on
+            assignment.update(dict.fromkeys(members, TRAIN))
+            continue
         assignment.update(_fill_stratum(members, rows_per_group, {TEST: test, VALIDATION: validation}, seed))
     return assignment
 

@@ -1,6 +1,7 @@
 """Teacher fine-tuning: a Hugging Face sequence classifier learns the labelled rows on Ray Train, with the
 same loop and engine as the student, under its own settings (teacher.finetune: epochs, schedule,
-scaling). The loss is plain cross-entropy on the hard labels.
+scaling). The loss is plain cross-entropy on the hard labels; with pseudo-labelled rows (a further
+semi-supervised round), rows without a label learn the `probs` they carry (KL divergence at T = 1).
 
 The result is a Hugging Face model folder (config with id2label by class name, safetensors weights,
 tokenizer) that transformers and vLLM both load. Under ZeRO-3 each rank holds a shard of every
@@ -53,7 +54,8 @@ class TeacherTask:
         return model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
 
     def loss(self, logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        return distillation_loss(logits, batch["labels"], None, 1.0, 1.0, batch.get("weights"))
+        # alpha 1: a labelled row's loss is its cross-entropy alone; an unlabelled row's, KL to its probs.
+        return distillation_loss(logits, batch["labels"], batch.get("probs"), 1.0, 1.0, batch.get("weights"))
 
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         self._model.config.dtype = torch.float32  # the state dict is fp32 whatever the training precision
@@ -63,11 +65,12 @@ class TeacherTask:
 
 def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
                      max_length: int, out_dir: str | Path, name: str = "finetune_teacher",
-                     seed: int = 0) -> TrainedModel:
+                     seed: int = 0, pseudo_labelled: bool = False) -> TrainedModel:
     """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
     loss on `val_ds`); the result's model_dir is a Hugging Face model folder (out_dir/model). `seed` seeds
-    the new head and the dropout (ensemble members differ by it)."""
-    task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length)
+    the new head and the dropout (ensemble members differ by it). With `pseudo_labelled`, every row of
+    `train_ds` carries `probs` (one-hot for labelled rows) and the unlabelled ones learn them."""
+    task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length, use_soft_labels=pseudo_labelled)
     labelled = col(LABEL).is_not_null()
-    return fit(task, finetune, train_ds.filter(expr=labelled), val_ds.filter(expr=labelled), out_dir, name=name,
-               seed=seed)
+    train = train_ds if pseudo_labelled else train_ds.filter(expr=labelled)
+    return fit(task, finetune, train, val_ds.filter(expr=labelled), out_dir, name=name, seed=seed)

@@ -13,5 +13,9 @@ def stages_for(spec: JobSpec) -> list[Stage]:
         from smallsec_ray.workloads.distill import STAGES
 
         return STAGES
+    if spec.workload == "semi_supervised":
+        from smallsec_ray.workloads.semi_supervised import STAGES
+
+        return STAGES
     raise SpecError(f"workload: {spec.workload!r} is declared in the spec schema but not built yet in this "
-                    "version; use workload: distill")
+                    "version; use workload: distill or semi_supervised")

@@ -111,10 +111,13 @@ class TeacherLabels:
         return [shard for part in parts for shard in self.parts.get(part, [])]
 
 
-def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts: tuple[str, ...]) -> TeacherLabels:
-    """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once). An
-    ensemble's members score in turn, each into its own folder, and their probabilities are averaged."""
+def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts: tuple[str, ...],
+                out_dir: Path | None = None, name: str = "label") -> TeacherLabels:
+    """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once), into
+    `out_dir` (default: the stage's folder). An ensemble's members score in turn, each into its own folder,
+    and their probabilities are averaged."""
     spec = ctx.spec
+    out_dir = out_dir or ctx.stage_dir
     part_of = {str(ctx.path(shard)): part for part in parts for shard in data.shards(part)}
     started = time.monotonic()
     runs = []
@@ -122,12 +125,12 @@ def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts
         model = str(ctx.path(teacher.model)) if teacher.finetuned else teacher.model
         teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "model": model,
                        "artifact": spec.artifact}
-        out = ctx.stage_dir if len(teachers.members) == 1 else ctx.stage_dir / f"member-{i}"
+        out = out_dir if len(teachers.members) == 1 else out_dir / f"member-{i}"
         runs.append(label_shards(list(part_of), str(out), teacher_cfg, spec.classes, spec.labeling.replicas,
                                  spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
                                  spec.labeling.batch_size, spec.labeling.on_too_long,
-                                 name="label" if len(teachers.members) == 1 else f"label[{i}]"))
-    run = runs[0] if len(runs) == 1 else average_runs(runs, ctx.stage_dir)
+                                 name=name if len(teachers.members) == 1 else f"{name}[{i}]"))
+    run = runs[0] if len(runs) == 1 else average_runs(runs, out_dir)
     seconds = time.monotonic() - started
     scored: dict[str, list[str]] = {part: [] for part in parts}
     by_part = {part: RowCounts() for part in parts}
@@ -254,7 +257,7 @@ def training_columns(paths: list[str], with_probs: bool) -> list[str]:
 def dataset(paths: list[str], split: str, with_probs: bool = True, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
     """Ray Data rows of one split of some shards: the columns training reads (and `extra` ones)."""
     columns = training_columns(paths, with_probs) + list(extra)
-    return ray.data.read_parquet(paths, columns=columns).filter(expr=col(schema.SPLIT) == split)
+    return ray.data.read_parquet(paths).select_columns(columns).filter(expr=col(schema.SPLIT) == split)
 
 
 def read_rows(paths: list[str], split: str | None = None) -> pa.Table:

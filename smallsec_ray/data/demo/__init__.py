@@ -34,7 +34,7 @@ import pyarrow.parquet as pq
 
 from smallsec_ray.data.demo import cmdline, html, url
 from smallsec_ray.data.noise import apply_noise, plan_noise
-from smallsec_ray.data.schema import GROUP, ID, LABEL, SOURCE
+from smallsec_ray.data.schema import GROUP, ID, LABEL, SOURCE, TRUE_LABEL
 from smallsec_ray.data.splits import TEST, assign_splits
 from smallsec_ray.errors import SmallsecError
 
@@ -62,7 +62,7 @@ LAYOUT = {
     "cmdline": {"labelled": Part("parquet", 2, 800), "noisy": Part("jsonl.gz", 4, 4000),
                 "unlabelled": Part("jsonl", 2, 1000), "test": Part("csv", 2, 800)},
     "url": {"labelled": Part("csv", 2, 500), "noisy": Part("parquet", 3, 2500),
-            "unlabelled": Part("jsonl.gz", 2, 600), "test": Part("jsonl", 2, 500)},
+            "unlabelled": Part("jsonl.gz", 2, 3000), "test": Part("jsonl", 2, 500)},
     "html": {"labelled": Part("jsonl.gz", 2, 300), "noisy": Part("parquet", 3, 1200),
              "unlabelled": Part("jsonl", 2, 400), "test": Part("csv.gz", 2, 300)},
 }
@@ -82,7 +82,7 @@ Parts of each artifact (each split into shards, in mixed formats on purpose):
 * labelled/    clean, analyst-style labels
 * noisy/       labels with signature-style noise by whole groups: per class, the groups holding this share
                of its rows carry another label throughout ({flip_rates}); `true_label` holds the clean label
-* unlabelled/  label is null
+* unlabelled/  label is null; `true_label` holds the label (for scoring pseudo-labels, never for training)
 * test/        clean labels; its groups appear in no other part
 """
 
@@ -147,6 +147,7 @@ def _make_parts(artifact: str, rng: random.Random, seed: int, scale: float) -> d
                       noisy[LABEL].to_pylist())
     tables["noisy"] = apply_noise(noisy, plan)
     unlabelled = tables["unlabelled"]
+    unlabelled = unlabelled.append_column(TRUE_LABEL, unlabelled[LABEL])
     tables["unlabelled"] = unlabelled.set_column(unlabelled.schema.get_field_index(LABEL), LABEL,
                                                  pa.nulls(unlabelled.num_rows, pa.string()))
     return tables

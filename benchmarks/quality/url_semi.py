@@ -1,0 +1,258 @@
+"""The semi-supervised experiment on real URLs: does a small student approach its teacher as the share of
+pseudo-labelled rows grows?
+
+Data: ../shared/data/url in three classes (url_data.py holds every policy: scheme removed, registered-
+domain groups, caps on the crawl, the campaign and IP hosts). Test rows: registered domains found nowhere
+else. The labelled set is small (`--labelled`, of which `--validation` whole domains are the validation
+split); the pool (`--pool`) keeps its labels only as `true_label`, to score pseudo-labels.
+
+One run of the semi_supervised workload with the ~3M-parameter default student, then the same teacher
+rounds (copied stage folders: the tool skips them) with the small preset. Both curves: the published one
+(a fixed training size, share r pseudo-labelled) and the growing one (all labelled rows plus 0, 10k and
+all pool rows). A style-only control (logistic regression on the URL's form, length, dots, slashes, query
+and TLD, no characters) shows how much the source style alone explains.
+
+Run (about 45 minutes on 2 idle cores):
+    .venv/bin/python benchmarks/quality/url_semi.py
+    .venv/bin/python benchmarks/quality/url_semi.py --quick      # fewer rows and epochs
+Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick}.{json,md,png}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import re
+import shutil
+import sys
+import time
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+from sklearn.feature_extraction import DictVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import f1_score, roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from url_data import CLASSES, write_experiment_shards  # noqa: E402
+
+from smallsec_ray.job import run_job  # noqa: E402
+from smallsec_ray.spec import parse_spec  # noqa: E402
+from smallsec_ray.students.folder import load_model  # noqa: E402
+
+SHARED = HERE.parents[2] / "shared" / "data"
+SHARED_STAGES = ("prepare", "finetune_teacher", "label", "rounds")
+
+
+def job_spec(args: argparse.Namespace, data: Path, out: Path, preset: str) -> dict:
+    return {
+        "name": f"url-semi-{preset}", "workload": "semi_supervised", "artifact": "url", "classes": CLASSES,
+        "positive_class": "phishing",
+        "data": {"labelled": [str(data / "labelled")], "unlabelled": [str(data / "pool")],
+                 "test": [str(data / "test")], "columns": {"split": ["fixed_split"]},
+                 "split": {"validation": 0.0, "test": 0.0, "seed": 0}},
+        "teacher": {"model": "bundled:all-minilm-l6-v2", "max_length": 64,
+                    "finetune": {"epochs": args.teacher_epochs, "batch_size": 32, "learning_rate": args.teacher_lr,
+                                 "schedule": "linear", "warmup": 0.1, "select_by": "auc",
+                                 "early_stopping_patience": 2,
+                                 "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}}},
+        "labeling": {"replicas": 1, "cpus_per_replica": 1.0, "batch_size": 64},
+        "semi_supervised": {"rounds": args.rounds, "min_gain": 0.002, "round_targets": "soft",
+                            "round_max_rows": args.round_rows, "ratios": [0.0, 0.25, 0.5, 0.75, 1.0],
+                            "added_rows": [0, 10_000 if not args.quick else 3_000, -1],
+                            "confidence": 0.0, "targets": "soft"},
+        "student": {"model": "char_cnn", "preset": preset, "max_length": 200},
+        "training": {"epochs": args.epochs, "batch_size": 128, "learning_rate": 2e-3, "schedule": "cosine",
+                     "warmup": 0.1, "early_stopping_patience": 2, "select_by": "auc",
+                     "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}},
+        "distillation": {"alpha": 0.5, "temperature": args.temperature},
+        "evaluation": {"fprs": [0.01, 0.05], "group_by": ["source", "form"]},
+        "resources": {"num_cpus": 4},
+        "output": str(out),
+    }
+
+
+def style_features(url: str) -> dict:
+    host = re.split(r"[/?#]", url, maxsplit=1)[0]
+    tld = host.rsplit(".", 1)[-1] if "." in host else ""
+    return {"ip": bool(re.match(r"^\d+(\.\d+){3}(:\d+)?$", host)), "path": "/" in url, "query": "?" in url,
+            "port": ":" in host, "len": min(len(url) // 10, 20), "dots": min(host.count("."), 6),
+            "slashes": min(url.count("/"), 8), "tld=" + (tld if tld.isalpha() else "num"): 1}
+
+
+def style_control(data: Path) -> dict:
+    """Macro-F1 and AUC of a model that sees only the URL's style (no characters)."""
+    labelled, test = pd.read_parquet(data / "labelled"), pd.read_parquet(data / "test")
+    train = labelled[labelled["fixed_split"] == "train"]
+    vec = DictVectorizer()
+    x, tx = vec.fit_transform(train["text"].map(style_features)), vec.transform(test["text"].map(style_features))
+    model = LogisticRegression(max_iter=2000).fit(x, train["label"])
+    probs = model.predict_proba(tx)
+    order = [list(model.classes_).index(c) for c in CLASSES]
+    probs = probs[:, order]
+    y = test["label"].map(CLASSES.index).to_numpy()
+    return {"macro_f1": float(f1_score(y, probs.argmax(1), average="macro")),
+            "auc": float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(len(CLASSES))]))}
+
+
+def parameters(folder: Path) -> int:
+    net, _, _ = load_model(folder)
+    return sum(p.numel() for p in net.parameters())
+
+
+def teacher_parameters(folder: Path) -> int:
+    from transformers import AutoModelForSequenceClassification
+
+    return sum(p.numel() for p in AutoModelForSequenceClassification.from_pretrained(folder).parameters())
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true")
+    p.add_argument("--labelled", type=int, default=3600)
+    p.add_argument("--validation", type=int, default=600)
+    p.add_argument("--pool", type=int, default=24000)
+    p.add_argument("--test", type=int, default=6000)
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--round-rows", type=int, default=3000)
+    p.add_argument("--teacher-epochs", type=int, default=4)
+    p.add_argument("--teacher-lr", type=float, default=1e-4)
+    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--presets", default="default,small")
+    p.add_argument("--out", type=Path, default=Path("runs/quality/url"))
+    args = p.parse_args()
+    if args.quick:
+        args.labelled, args.validation, args.pool, args.test = 1500, 300, 6000, 2000
+        args.teacher_epochs, args.epochs, args.round_rows = 2, 4, 1000
+    suffix = "_quick" if args.quick else ""
+    started = time.time()
+    data = args.out / "data"
+    sizes = write_experiment_shards(SHARED, data, args.labelled, args.validation, args.pool, args.test)
+    print(f"data: {sizes}", flush=True)
+    style = style_control(data)
+    print(f"style-only control: {style}", flush=True)
+
+    runs, timings = {}, {}
+    presets = args.presets.split(",")
+    for i, preset in enumerate(presets):
+        out = args.out / f"run-{preset}"
+        if i > 0:  # the same teacher rounds: copy their stage folders, the tool skips them
+            for stage in SHARED_STAGES:
+                if not (out / stage).exists():
+                    shutil.copytree(args.out / f"run-{presets[0]}" / stage, out / stage)
+        t0 = time.time()
+        run_job(parse_spec(job_spec(args, data, out, preset), f"url-semi-{preset}"))
+        timings[preset] = round(time.time() - t0, 1)
+        runs[preset] = json.loads((out / "report.json").read_text())
+
+    first = runs[presets[0]]
+    extra = first["extra"]
+    models = {m["name"]: m for m in first["models"]}
+    best = f"teacher round {extra['best_round']}"
+    teacher_dir = args.out / f"run-{presets[0]}" / extra["rounds"][extra["best_round"] - 1]["teachers"][0]
+    results = {
+        "command": "python benchmarks/quality/url_semi.py" + (" --quick" if args.quick else ""),
+        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.python_version()}",
+        "minutes": round((time.time() - started) / 60, 1), "stage_seconds": timings, "data": sizes,
+        "style_only_control": style,
+        "teacher": {"rounds": extra["rounds"], "best_round": extra["best_round"], "stopped": extra["rounds_stopped"],
+                    "pseudo_label_accuracy": extra["pseudo_label_accuracy"],
+                    "test": {name: m["by_class"] for name, m in models.items() if name.startswith("teacher")},
+                    "parameters": teacher_parameters(teacher_dir)},
+        "linear_reference_labelled": models.get("linear reference (labelled rows)", {}).get("by_class"),
+        "presets": {},
+    }
+    for preset, report in runs.items():
+        ms = {m["name"]: m for m in report["models"]}
+        run_dir = args.out / f"run-{preset}"
+        some_student = next(m for m in json.loads((run_dir / "train_students" / "manifest.json").read_text())
+                            ["result"]["points"])
+        results["presets"][preset] = {
+            "parameters": parameters(run_dir / some_student["model"]["model_dir"]),
+            "curves": report["extra"]["curves"], "gap_closed": report["extra"]["gap_closed"],
+            "by_source_form": {name: {col: {v: {"n": g["n"], "auc_phishing": g["roc_auc"]} for v, g in groups.items()}
+                                      for col, groups in ms[name]["groups"].items()}
+                               for name in ms if name.startswith("student r=") or name == best},
+        }
+    name = f"url_semi_results{suffix}"
+    (HERE / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
+    plot(results, HERE / f"{name}.png")
+    (HERE / f"{name}.md").write_text(markdown(results, name))
+    print((HERE / f"{name}.md").read_text())
+    return 0
+
+
+def plot(results: dict, path: Path) -> None:
+    fig = Figure(figsize=(11, 7.5))
+    axes = fig.subplots(2, 2)
+    teachers = results["teacher"]["test"]
+    for row, (metric, key, title) in enumerate((("macro_f1", "macro_f1", "macro-F1"),
+                                                 ("auc", "roc_auc_macro", "ROC AUC (one-vs-rest, macro)"))):
+        for col, curve in enumerate(("fixed", "growing")):
+            ax = axes[row][col]
+            for k, (preset, r) in enumerate(results["presets"].items()):
+                pts = sorted((c for c in r["curves"] if c["curve"] == curve), key=lambda c: c["x"])
+                ax.plot([c["x"] for c in pts], [c[metric] for c in pts], marker="o", color=f"C{k}",
+                        label=f"student {preset} ({r['parameters'] / 1e6:.2f}M)")
+            for k, (name, m) in enumerate(teachers.items()):
+                ax.axhline(m[key], color=f"C{k + 3}", linestyle="--",
+                           label=f"{name} ({results['teacher']['parameters'] / 1e6:.1f}M)")
+            ref = results.get("linear_reference_labelled")
+            if ref:
+                ax.axhline(ref[key], color="grey", linestyle=":", label="linear, labelled rows")
+            ax.axhline(results["style_only_control"][metric], color="black", linestyle="-.", linewidth=0.8,
+                       label="style-only control")
+            if curve == "growing":
+                ax.set_xscale("symlog", linthresh=1000)
+            ax.set_xlabel("share r of pseudo-labelled rows (fixed size)" if curve == "fixed"
+                          else "pseudo-labelled rows added to the labelled rows")
+            ax.set_ylabel(title)
+            ax.grid(alpha=0.3)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.suptitle("URLs, 3 classes, test domains unseen in training", fontsize=11)
+    fig.tight_layout()
+    fig.savefig(path)
+
+
+def markdown(results: dict, name: str) -> str:
+    lines = [f"# URL semi-supervised experiment ({results['date']})", "",
+             f"`{results['command']}`; {results['minutes']} min; data {results['data']}", "",
+             "| model | params | point | labelled | pseudo | macro-F1 | AUC |", "|---|---:|---|---:|---:|---:|---:|"]
+    for tname, m in results["teacher"]["test"].items():
+        lines.append(f"| {tname} | {results['teacher']['parameters']:,} | | | | {m['macro_f1']:.4f} | "
+                     f"{m['roc_auc_macro']:.4f} |")
+    for preset, r in results["presets"].items():
+        for c in r["curves"]:
+            lines.append(f"| student {preset} | {r['parameters']:,} | {c['point']} | {c['labelled_rows']:,} | "
+                         f"{c['pseudo_rows']:,} | {c['macro_f1']:.4f} | {c['auc']:.4f} |")
+    ref = results.get("linear_reference_labelled")
+    if ref:
+        lines.append(f"| linear, labelled rows | | | | | {ref['macro_f1']:.4f} | {ref['roc_auc_macro']:.4f} |")
+    s = results["style_only_control"]
+    lines.append(f"| style-only control | | | | | {s['macro_f1']:.4f} | {s['auc']:.4f} |")
+    lines += ["", "Gap closed (r = 1 vs r = 0, against the best teacher round): "
+              + "; ".join(f"{p}: {_pct(r['gap_closed']['macro_f1'])} macro-F1, {_pct(r['gap_closed']['auc'])} AUC"
+                          for p, r in results["presets"].items()), "",
+              "Pseudo-label accuracy per round: "
+              + "; ".join(f"round {a['round']}: {a.get('accuracy', float('nan')):.4f} (macro-F1 "
+                          f"{a.get('macro_f1', float('nan')):.4f}, {a['rows_with_true_label']:,} rows)"
+                          for a in results["teacher"]["pseudo_label_accuracy"]), "",
+              f"Rounds: {results['teacher']['stopped']}; best round {results['teacher']['best_round']}.", "",
+              f"![curves]({name}.png)"]
+    return "\n".join(lines) + "\n"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+if __name__ == "__main__":
+    sys.exit(main())
