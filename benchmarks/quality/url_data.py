@@ -106,43 +106,34 @@ def draw(rows: pd.DataFrame, n: int) -> pd.DataFrame:
     return pd.concat(parts)
 
 
+def whole_groups(rows: pd.DataFrame, n: int) -> set[str]:
+    """Registered domains in seeded order, each taken whole while no class overshoots its share of n by
+    5%, until every class has 95% of its share."""
+    counts = dict.fromkeys(CLASSES, 0)
+    targets = {label: round(n * share) for label, share in SHARES.items()}
+    chosen: set[str] = set()
+    for _, members in rows.sort_values(["group_key", "key"]).groupby("group_key", sort=True):
+        labels = members["label"].value_counts()
+        if any(counts[c] + labels.get(c, 0) > targets[c] * 1.05 for c in CLASSES):
+            continue
+        chosen.add(members["group"].iloc[0])
+        for c in CLASSES:
+            counts[c] += int(labels.get(c, 0))
+        if all(counts[c] >= targets[c] * 0.95 for c in CLASSES):
+            break
+    return chosen
+
+
 def write_experiment_shards(shared: Path, out: Path, labelled_rows: int, validation_rows: int, pool_rows: int,
                             test_rows: int, seed: int = 0) -> dict[str, int]:
     rows = capped(load(shared))
-    # Whole registered domains to test: domains in hash order until the test draw is full.
-    group_key = {g: _hash(g, seed + 1) for g in rows["group"].unique()}
-    rows["group_key"] = rows["group"].map(group_key)
-    ordered = rows.sort_values(["group_key", "key"])
-    test_groups: set[str] = set()
-    counts = dict.fromkeys(CLASSES, 0)
-    targets = {label: round(test_rows * share) for label, share in SHARES.items()}
-    for group, members in ordered.groupby("group_key", sort=True):
-        labels = members["label"].value_counts()
-        if any(counts[c] + labels.get(c, 0) > targets[c] * 1.05 for c in CLASSES):
-            continue
-        test_groups.add(members["group"].iloc[0])
-        for c in CLASSES:
-            counts[c] += int(labels.get(c, 0))
-        if all(counts[c] >= targets[c] * 0.95 for c in CLASSES):
-            break
+    rows["group_key"] = rows["group"].map({g: _hash(g, seed + 1) for g in rows["group"].unique()})
+    test_groups = whole_groups(rows, test_rows)
     test = rows[rows["group"].isin(test_groups)]
     rest = rows[~rows["group"].isin(test_groups)]
-    # Validation: whole domains too, drawn the same way from the rest; the labelled train rows and the pool
-    # share domains (as a team's labelled sample and its unlabelled telemetry do).
-    val_groups: set[str] = set()
-    counts = dict.fromkeys(CLASSES, 0)
-    targets = {label: round(validation_rows * share) for label, share in SHARES.items()}
-    for _, members in rest.sort_values(["group_key", "key"]).groupby("group_key", sort=True):
-        if members["group"].iloc[0] in val_groups:
-            continue
-        labels = members["label"].value_counts()
-        if any(counts[c] + labels.get(c, 0) > targets[c] * 1.05 for c in CLASSES):
-            continue
-        val_groups.add(members["group"].iloc[0])
-        for c in CLASSES:
-            counts[c] += int(labels.get(c, 0))
-        if all(counts[c] >= targets[c] * 0.95 for c in CLASSES):
-            break
+    # Validation: whole domains too; the labelled train rows and the pool share domains (as a team's
+    # labelled sample and its unlabelled telemetry do).
+    val_groups = whole_groups(rest, validation_rows)
     validation = rest[rest["group"].isin(val_groups)]
     rest = rest[~rest["group"].isin(val_groups)]
     train = draw(rest, labelled_rows - len(validation))
