@@ -53,9 +53,11 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         return False
     _quiet_ray_data()
     env = {"env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS}}
-    if os.environ.get("RAY_JOB_ID") or (not address and os.environ.get("RAY_ADDRESS")):
-        # Running as a Ray job (`smallsec submit`): the job's runtime_env already holds our settings,
-        # and Ray refuses a second one that repeats them.
+    in_ray_job = "RAY_JOB_CONFIG_JSON_ENV_VAR" in os.environ or os.environ.get("RAY_JOB_ID")
+    if in_ray_job or (not address and os.environ.get("RAY_ADDRESS")):
+        # Running as a Ray job (`smallsec submit`; the Jobs API sets RAY_JOB_CONFIG_JSON_ENV_VAR, whatever
+        # resources.address says): the job's runtime_env already holds our settings, and Ray refuses a
+        # second one that repeats them.
         ray.init(log_to_driver=True)
         return True
     if address:
