@@ -12,7 +12,7 @@ rounds (copied stage folders: the tool skips them) with the small preset. Both c
 all pool rows). A style-only control (logistic regression on the URL's form, length, dots, slashes, query
 and TLD, no characters) shows how much the source style alone explains.
 
-Run (about 45 minutes on 2 idle cores):
+Run (the default preset took 91 minutes on 2 cores, 60 of them its students; the small preset adds ~15):
     .venv/bin/python benchmarks/quality/url_semi.py
     .venv/bin/python benchmarks/quality/url_semi.py --quick      # fewer rows and epochs
 Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick}.{json,md,png}.
