@@ -138,3 +138,12 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
     cosine = lr_factor(TrainingSpec(schedule="cosine", warmup=0.0), total_steps=100)
     assert cosine(0) == 1.0 and abs(cosine(50) - 0.5) < 1e-9 and cosine(100) < 1e-12
     assert lr_factor(TrainingSpec(), total_steps=10)(7) == 1.0  # constant, no warmup
+
+
+def test_checkpoint_folders_hold_no_glob_characters():
+    import glob
+
+    from smallsec_ray.training.trainer import storage_name
+
+    for name in ("finetune_teacher[round 2]", "train_students[r=0.5]", "label[1]", "train_student"):
+        assert glob.escape(storage_name(name)) == storage_name(name), name

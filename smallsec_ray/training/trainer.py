@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 import tempfile
 import time
@@ -326,6 +327,12 @@ class TrainedModel:
     label_policy: PolicyReport | None = None  # what a distilled student's label policy did to the noisy rows
 
 
+def storage_name(name: str) -> str:
+    """The checkpoint folder of a run named `name` ("finetune_teacher[round 2]" -> "finetune_teacher_round_2_"):
+    DeepSpeed finds its checkpoint files with glob, and brackets in the path would match nothing on resume."""
+    return re.sub(r"[^\w.=-]", "_", name)
+
+
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
         drill: dict[str, Any] | None = None, seed: int = 0) -> TrainedModel:
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model."""
@@ -350,7 +357,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
                            "name": name, "relay": console.relay(), "fail_once_at_step": drill, "seed": seed},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=name, storage_path=str(out_dir / CHECKPOINTS_DIR),
+            name=storage_name(name), storage_path=str(out_dir / CHECKPOINTS_DIR),
             failure_config=FailureConfig(max_failures=scaling.max_failures),
             checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_by[0],
                                                checkpoint_score_order=best_by[1]),
