@@ -266,6 +266,11 @@ def read_rows(paths: list[str], split: str | None = None) -> pa.Table:
     return table if split is None else table.filter(pc.equal(table.column(schema.SPLIT), split))
 
 
+def stage_rows(rows: RowCounts) -> dict:
+    """A stage's row counts as the report's stage table shows them."""
+    return {"rows_in": rows.rows_in, "rows_out": rows.rows_out, "rows_quarantined": rows.rows_quarantined}
+
+
 def strings(table: pa.Table, column: str) -> list:
     return table.column(column).to_pylist()
 

@@ -38,6 +38,7 @@ from smallsec_ray.workloads.common import (
     run_export,
     run_finetune_teacher,
     score_student,
+    stage_rows,
     strings,
     train_on,
 )
@@ -113,7 +114,7 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labe
     audit = label_audit(strings(noisy, schema.ID), strings(noisy, schema.TEXT), strings(noisy, schema.LABEL),
                         probs_of(noisy), spec.classes, spec.evaluation.audit_top_k, true_labels)
 
-    stages = [{"stage": "prepare", **_rows(data.rows)}, {"stage": "label", **_rows(labels.rows)}]
+    stages = [{"stage": "prepare", **stage_rows(data.rows)}, {"stage": "label", **stage_rows(labels.rows)}]
     extra |= {"teacher": labels.teacher, "export": export,
              "label_policy": student.label_policy,
              "training": {name: {"best_epoch": t.best_epoch, "samples_per_s": t.samples_per_s, "epochs": t.epochs}
@@ -127,10 +128,6 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labe
     return DistillReport(report_json=ctx.relative(json_path), report_md=ctx.relative(md_path),
                          comparison=comparison.sentence, meets_target=comparison.meets_target,
                          test_rows=test.num_rows, validation_rows=val.num_rows)
-
-
-def _rows(rows) -> dict:
-    return {"rows_in": rows.rows_in, "rows_out": rows.rows_out, "rows_quarantined": rows.rows_quarantined}
 
 
 STAGES = [

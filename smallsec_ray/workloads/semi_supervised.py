@@ -52,6 +52,7 @@ from smallsec_ray.workloads.common import (
     run_export,
     run_finetune_teacher,
     score_student,
+    stage_rows,
     strings,
 )
 
@@ -374,8 +375,8 @@ def run_evaluate(ctx: StageContext, data: PreparedData, rounds: Rounds, students
     summary = _summary(curves, teacher_best, gap, rounds)
     sections = [f"**{summary}**", _curve_section(curves, reports, rounds, gap, plot),
                 _rounds_section(rounds, accuracy, spec.semi_supervised.round_metric)]
-    stages = [{"stage": "prepare", **_rows(data.rows)}] + [
-        {"stage": f"label (round {r.round})", **_rows(r.labels.rows)} for r in rounds.rounds]
+    stages = [{"stage": "prepare", **stage_rows(data.rows)}] + [
+        {"stage": f"label (round {r.round})", **stage_rows(r.labels.rows)} for r in rounds.rounds]
     extra |= {"rounds": [{"round": r.round, "validation": r.validation, "gain": r.gain,
                           "pool_rows_used": r.pool_rows_used, "teachers": [t.model for t in r.teachers.members]}
                          for r in rounds.rounds],
@@ -522,10 +523,6 @@ def _rounds_section(rounds: Rounds, accuracy: list[dict], metric: str) -> str:
                      f"{_f(r.validation.get('auc'))} | {gain} | {_f(a.get('accuracy'))} | {_f(a.get('macro_f1'))} | "
                      f"{a['rows_with_true_label']:,} |")
     return "\n".join(lines)
-
-
-def _rows(rows) -> dict:
-    return {"rows_in": rows.rows_in, "rows_out": rows.rows_out, "rows_quarantined": rows.rows_quarantined}
 
 
 ROUND_KEYS = (*TEACHER_KEYS, *SCORING_KEYS, "semi_supervised.rounds", "semi_supervised.min_gain",
