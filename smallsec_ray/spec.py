@@ -143,6 +143,10 @@ class FitSpec(Section):
     select_by: Literal["loss", "auc"] = Field("loss", description="The validation score that picks the best "
                                               "epoch and stops early: the training loss, or ROC AUC (a model "
                                               "that memorises few rows can rank better as its loss rises).")
+    group_by_length: bool = Field(False, description="Batch rows of similar text length together: 16 batches "
+                                  "at a time are sorted by length, cut into batches and taken in a random order. "
+                                  "Faster for models that pad to a batch's longest row (transformer teachers); "
+                                  "char students pad to max_length and gain nothing.")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and strategy.")
@@ -291,11 +295,18 @@ class SemiSupervisedSpec(Section):
                                   "whole pool), e.g. [0, 10000, 50000, -1]. Empty: no such curve.")
     confidence: float = Field(0.0, ge=0, le=1, description="Pool rows whose top teacher probability is below "
                               "this are not given to students.")
-    balance: bool = Field(False, description="Draw the students' pool rows evenly over the teacher's predicted "
-                          "classes (as far as each class has rows).")
+    balance: Literal["none", "even", "labelled"] = Field(
+        "none", description="How the students' pool rows are spread over the teacher's predicted classes: none (as "
+        "the pool has them), even (the same number of each), labelled (in the labelled training rows' class "
+        "shares); as far as each class has rows. true means even, false none.")
     targets: Literal["soft", "hard"] = Field("soft", description="Students learn a pool row from the teacher's "
                                              "probabilities (soft) or from its most likely class (hard).")
     seed: int = Field(0, description="Seed of the row samples.")
+
+    @field_validator("balance", mode="before")
+    @classmethod
+    def _balance_from_bool(cls, value: object) -> object:
+        return {True: "even", False: "none"}.get(value, value) if isinstance(value, bool) else value
 
     @field_validator("ratios")
     @classmethod

@@ -42,12 +42,13 @@ def accuracy_with_transformers(folder, val) -> float:
 
 
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize(("zero_stage", "precision"), [(2, "fp32"), (3, "bf16")])
+@pytest.mark.parametrize(("zero_stage", "precision", "group_by_length"), [(2, "fp32", False), (3, "bf16", True)])
 def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_local, rows, tmp_path, zero_stage,
-                                                                         precision):
+                                                                         precision, group_by_length):
     train, val = rows
     teacher = make_tiny_classifier(tmp_path / "tiny", CLASSES)
     finetune = FinetuneSpec(epochs=3, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
+                            group_by_length=group_by_length,
                             scaling={"strategy": "deepspeed", "zero_stage": zero_stage, "precision": precision,
                                      "workers": 2, "cpus_per_worker": 1.0})
     trained = finetune_teacher(teacher, CLASSES, ray_local.data.from_pandas(train), ray_local.data.from_pandas(val),

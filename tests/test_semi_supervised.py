@@ -8,7 +8,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from smallsec_ray.data.schema import ID, LABEL, PROBS, SPLIT, TEXT
 from smallsec_ray.evaluation import class_metrics
-from smallsec_ray.workloads.semi_supervised import _eligible, _gap_closed, pool_targets, with_one_hot
+from smallsec_ray.workloads.semi_supervised import _eligible, _gap_closed, class_shares, pool_targets, with_one_hot
 
 CLASSES = ["benign", "phishing", "malware"]
 
@@ -44,13 +44,20 @@ def test_class_metrics_leave_out_a_class_absent_from_the_rows():
 def test_eligible_rows_respect_confidence_nest_and_balance():
     probs = [[0.95, 0.03, 0.02]] * 6 + [[0.1, 0.85, 0.05]] * 3 + [[0.2, 0.1, 0.7]] * 2 + [[0.4, 0.35, 0.25]]
     table = pool(probs)
-    plain = _eligible(table, CLASSES, 0.6, balance=False, seed=0)
+    plain = _eligible(table, CLASSES, 0.6, None, seed=0)
     assert len(plain) == 11 and "p11" not in plain  # the unsure row is left out
-    assert _eligible(table, CLASSES, 0.6, balance=False, seed=0) == plain  # seeded: the same order again
-    balanced = _eligible(table, CLASSES, 0.0, balance=True, seed=0)
-    first_six = {int(i[1:]) for i in balanced[:6]}
+    assert _eligible(table, CLASSES, 0.6, None, seed=0) == plain  # seeded: the same order again
+    even = _eligible(table, CLASSES, 0.0, class_shares("even", CLASSES, []), seed=0)
+    first_six = {int(i[1:]) for i in even[:6]}
     assert len(first_six & set(range(6))) == 2 and len(first_six & {6, 7, 8}) == 2 and {9, 10} <= first_six
-    assert len(balanced) == 12  # classes that run out leave the rest to the others
+    assert len(even) == 12  # classes that run out leave the rest to the others
+    shares = class_shares("labelled", CLASSES, ["benign"] * 4 + ["phishing"] * 2 + ["malware"] * 2)
+    assert shares == [0.5, 0.25, 0.25]
+    like_labelled = _eligible(table, CLASSES, 0.0, shares, seed=0)
+    first_eight = [int(i[1:]) for i in like_labelled[:8]]
+    assert sum(i < 6 or i == 11 for i in first_eight) == 4 and sum(6 <= i < 9 for i in first_eight) == 2
+    assert sorted(like_labelled) == sorted(even)  # the same rows, in another order
+    assert class_shares("none", CLASSES, ["benign"]) is None
 
 
 def test_pool_rows_learn_soft_probabilities_or_hard_labels_and_labelled_rows_one_hot():

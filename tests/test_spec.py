@@ -146,6 +146,9 @@ def test_semi_supervised_keys_are_checked(shard):
     assert parse_spec(semi).semi_supervised.ratios == [0.0, 0.25, 0.5, 0.75, 1.0]
     assert "ratios must be distinct shares" in errors_of({**semi, "semi_supervised": {"ratios": [0.5, 1.5]}})
     assert "added_rows must be distinct" in errors_of({**semi, "semi_supervised": {"added_rows": [-2]}})
+    assert parse_spec({**semi, "semi_supervised": {"balance": True}}).semi_supervised.balance == "even"
+    assert parse_spec({**semi, "semi_supervised": {"balance": "labelled"}}).semi_supervised.balance == "labelled"
+    assert "balance" in errors_of({**semi, "semi_supervised": {"balance": "uniform"}})
     assert "needs a classifier teacher" in errors_of({**semi, "semi_supervised": {"rounds": 2},
                                                       "teacher": {"finetune": {"enabled": False}}})
 

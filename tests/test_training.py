@@ -12,8 +12,9 @@ import torch
 
 from smallsec_ray.errors import DataError
 from smallsec_ray.spec import DistillationSpec, StudentSpec, TrainingSpec
+from smallsec_ray.students import build_student, student_config
 from smallsec_ray.students.folder import Lineage, ModelConfig, load_model
-from smallsec_ray.training.trainer import EncodeBatch, StudentTask, train_student
+from smallsec_ray.training.trainer import EncodeBatch, StudentTask, length_grouped, train_student
 
 CLASSES = ["benign", "malicious"]
 SOURCES = {"atomic_red_team.jsonl": 450, "gtfobins.jsonl": 350, "tldr.jsonl.gz": 600, "nl2bash.jsonl": 600}
@@ -147,3 +148,24 @@ def test_checkpoint_folders_hold_no_glob_characters():
 
     for name in ("finetune_teacher[round 2]", "train_students[r=0.5]", "label[1]", "train_student"):
         assert glob.escape(storage_name(name)) == storage_name(name), name
+
+
+def test_length_grouped_batches_hold_every_row_once_in_rows_of_similar_length(ray_local):
+    texts = ["x" * n for n in np.random.default_rng(0).permutation(np.arange(1, 301))]
+    frame = pd.DataFrame({"text": texts, "label": ["benign"] * 300})
+    model, encoder = build_student("char_cnn", "tiny", len(CLASSES), 400)
+    task = StudentTask(ModelConfig(student_config(model), encoder.config(), CLASSES, Lineage()), None)
+    task.build()
+    encode = EncodeBatch(task)
+    dataset = ray_local.data.from_pandas(frame)
+
+    def lengths(seed):
+        batches = length_grouped(dataset, 10, encode, shuffle_seed=seed, group=5, device=torch.device("cpu"))
+        return [sorted((b["ids"] > 0).sum(dim=1).tolist()) for b in batches]
+
+    first = lengths(0)
+    assert sorted(n for b in first for n in b) == list(range(1, 301))  # every row once
+    assert len(first) == 30 and all(len(b) == 10 for b in first)
+    spans = [b[-1] - b[0] for b in first]
+    assert np.mean(spans) < 60  # a random batch of 10 from 1..300 spans ~245
+    assert lengths(0) == first and lengths(1) != first  # a seeded order, another each epoch

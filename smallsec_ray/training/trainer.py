@@ -20,6 +20,7 @@ import re
 import shutil
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -176,9 +177,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.train()
         sums = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss x rows, rows (no per-step sync)
         started = time.perf_counter()
-        batches = train_rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
-                                                local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                                local_shuffle_seed=progress.epoch)
+        batches = (length_grouped(train_rows, training.batch_size, encode, shuffle_seed=progress.epoch)
+                   if training.group_by_length else
+                   train_rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
+                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER,
+                                                 local_shuffle_seed=progress.epoch))
         for i, batch in enumerate(batches):
             if i < progress.step_in_epoch:  # done before the restart
                 continue
@@ -229,6 +232,26 @@ def score(metrics: dict[str, Any], training: FitSpec) -> float:
     return -metrics["val_auc"] if metrics["val_auc"] is not None else float("inf")
 
 
+def length_grouped(rows: Any, batch_size: int, encode: EncodeBatch, shuffle_seed: int | None = None,
+                   group: int = 16, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of rows of similar length, so that little of each batch is padding: `group` batches at a time
+    are sorted by text length and cut into batches, taken in a seeded random order (training) or in order
+    (`shuffle_seed` None: validation). Every worker cuts the same number of batches from the same number of
+    rows, so data-parallel steps stay in lockstep."""
+    device = device or ray.train.torch.get_device()
+    chunks = rows.iter_batches(batch_size=batch_size * group, batch_format="numpy",
+                               **({"local_shuffle_buffer_size": SHUFFLE_BUFFER, "local_shuffle_seed": shuffle_seed}
+                                  if shuffle_seed is not None else {}))
+    for i, chunk in enumerate(chunks):
+        by_length = np.argsort([len(str(t)) for t in chunk[TEXT]], kind="stable")
+        cuts = [by_length[k:k + batch_size] for k in range(0, len(by_length), batch_size)]
+        if shuffle_seed is not None:
+            cuts = [cuts[k] for k in np.random.default_rng([shuffle_seed, i]).permutation(len(cuts))]
+        for cut in cuts:
+            batch = encode({name: values[cut] for name, values in chunk.items()})
+            yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+
 def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: FitSpec) -> dict[str, Any]:
     """Loss (the training objective), accuracy and ROC AUC (rows with a hard label; macro one-vs-rest for
     more than two classes) over all ranks' shards."""
@@ -236,7 +259,9 @@ def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: 
     sums = torch.zeros(4, dtype=torch.float64)  # loss x rows, rows, correct, labelled rows
     scored: list[tuple[np.ndarray, np.ndarray]] = []  # (probabilities, labels) of labelled rows
     with torch.no_grad():
-        for batch in rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode):
+        batches = (length_grouped(rows, training.batch_size, encode) if training.group_by_length else
+                   rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode))
+        for batch in batches:
             logits = task.logits(engine, batch).float()
             labels = batch["labels"]
             loss = task.loss(logits, batch)
@@ -390,7 +415,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
 def train_student(training: FitSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
                   out_dir: str | Path, distillation: DistillationSpec | None = None,
                   lineage: Lineage | None = None, name: str = "train_student",
-                  drill: dict[str, Any] | None = None) -> TrainedModel:
+                  drill: dict[str, Any] | None = None, seed: int = 0) -> TrainedModel:
     """Trains a student on `train_ds` (columns text, label, and probs when `distillation` is given; weight
     optional), picking the best epoch on `val_ds`. With student.init_from, training continues from that
     model folder (trained or shipped): its weights, architecture and encoder, e.g. a production model
@@ -409,4 +434,4 @@ def train_student(training: FitSpec, student: StudentSpec, classes: list[str], t
         model, encoder = build_student(student.model, student.preset, len(classes), student.max_length)
         config = ModelConfig(student_config(model), encoder.config(), list(classes), lineage)
         task = StudentTask(config, distillation)
-    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill)
+    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill, seed=seed)

@@ -123,7 +123,7 @@ def _one_round(ctx: StageContext, data: PreparedData, previous: Round, k: int) -
     labelled = ctx_paths(ctx, data.shards("labelled"))
     pool = ctx_paths(ctx, previous.labels.shards(POOL))
     keep = _pool_sample(pool, spec.classes, semi.round_max_rows, semi.round_confidence if semi.round_targets ==
-                        "hard" else 0.0, balance=False, seed=semi.seed + k)
+                        "hard" else 0.0, seed=semi.seed + k)
     train = dataset(labelled, "train", with_probs=False).map_batches(
         with_one_hot, batch_format="pyarrow", fn_kwargs={"classes": spec.classes})
     if keep:
@@ -188,10 +188,12 @@ def run_train_students(ctx: StageContext, data: PreparedData, rounds: Rounds) ->
     spec, semi = ctx.spec, ctx.spec.semi_supervised
     labelled = ctx_paths(ctx, data.shards("labelled"))
     pool = ctx_paths(ctx, rounds.chosen.labels.shards(POOL))
-    labelled_ids = _ids_by_hash(read_rows(labelled, "train"), semi.seed)
+    labelled_train = read_rows(labelled, "train")
+    labelled_ids = _ids_by_hash(labelled_train, semi.seed)
     pool_table = read_rows(pool, "train") if pool else None
     pool_n = pool_table.num_rows if pool_table is not None else 0
-    eligible = _eligible(pool_table, spec.classes, semi.confidence, semi.balance, semi.seed)
+    shares = class_shares(semi.balance, spec.classes, strings(labelled_train, schema.LABEL))
+    eligible = _eligible(pool_table, spec.classes, semi.confidence, shares, semi.seed)
     size = min(semi.train_rows or len(labelled_ids), len(labelled_ids))
     plan = [(f"r={r:g}", "fixed", r, size - round(r * size), round(r * size)) for r in semi.ratios]
     plan += [(f"+{n}" if n >= 0 else "+all", "growing", float(n if n >= 0 else len(eligible)), len(labelled_ids),
@@ -256,32 +258,43 @@ def _ids_by_hash(table: pa.Table, seed: int) -> list[str]:
     return sorted(strings(table, schema.ID), key=lambda i: _hash(i, seed))
 
 
-def _eligible(pool: pa.Table | None, classes: list[str], confidence: float, balance: bool, seed: int) -> list[str]:
+def _eligible(pool: pa.Table | None, classes: list[str], confidence: float, shares: list[float] | None,
+              seed: int) -> list[str]:
     """Pool row ids a student may learn, in the order students take them: at or above `confidence`, by seeded
-    hash; with `balance`, round-robin over the teacher's most likely classes (a class that runs out leaves
-    the rest to the others)."""
+    hash; with class `shares`, interleaved over the teacher's most likely classes so that any first n rows
+    hold the classes in those shares (a class that runs out leaves the rest to the others)."""
     if pool is None or pool.num_rows == 0:
         return []
     probs = probs_of(pool)
     ids = np.array(strings(pool, schema.ID), dtype=object)
     ok = probs.max(axis=1) >= confidence
-    if not balance:
+    if shares is None:
         return _ids_by_hash(pa.table({schema.ID: ids[ok].tolist()}), seed)
-    queues = [_ids_by_hash(pa.table({schema.ID: ids[ok & (probs.argmax(1) == k)].tolist()}), seed)
-              for k in range(len(classes))]
-    out: list[str] = []
-    for i in range(max((len(q) for q in queues), default=0)):
-        out += [q[i] for q in queues if i < len(q)]
-    return out
+    # The i-th row of class k is due at (i + 1) / share_k: sorting by that time interleaves the classes.
+    due, order = [], []
+    for k, share in enumerate(shares):
+        queue = _ids_by_hash(pa.table({schema.ID: ids[ok & (probs.argmax(1) == k)].tolist()}), seed)
+        due += [(i + 1) / share if share > 0 else np.inf for i in range(len(queue))]
+        order += queue
+    return [order[i] for i in np.argsort(np.array(due), kind="stable")]
 
 
-def _pool_sample(pool: list[str], classes: list[str], max_rows: int | None, confidence: float, balance: bool,
+def class_shares(balance: str, classes: list[str], labels: list[str]) -> list[float] | None:
+    """The class shares of semi_supervised.balance: None (as the pool has them), even, or the labelled rows'."""
+    if balance == "none":
+        return None
+    if balance == "even" or not labels:
+        return [1.0 / len(classes)] * len(classes)
+    return [labels.count(c) / len(labels) for c in classes]
+
+
+def _pool_sample(pool: list[str], classes: list[str], max_rows: int | None, confidence: float,
                  seed: int) -> list[str]:
     if not pool:
         return []
     table = pa.concat_tables([pq.read_table(p, columns=[schema.ID, schema.SPLIT, schema.PROBS]) for p in pool])
     table = table.filter(pc.equal(table[schema.SPLIT], "train"))
-    eligible = _eligible(table, classes, confidence, balance, seed)
+    eligible = _eligible(table, classes, confidence, None, seed)
     return eligible[:max_rows] if max_rows else eligible
 
 
