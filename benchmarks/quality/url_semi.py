@@ -12,7 +12,10 @@ rounds (copied stage folders: the tool skips them) with the small preset. Both c
 all pool rows). A style-only control (logistic regression on the URL's form, length, dots, slashes, query
 and TLD, no characters) shows how much the source style alone explains.
 
-Run (the default preset took 91 minutes on 2 cores, 60 of them its students; the small preset adds ~15):
+Students train with the recipe chosen on validation rows by url_student_recipe.py (2 DDP workers x 32 rows,
+lr 1e-3, patience 3); the teacher groups rows by length (bench_teacher_finetune.py). Timings of the last run
+are in benchmarks/RESULTS.md.
+Run:
     .venv/bin/python benchmarks/quality/url_semi.py
     .venv/bin/python benchmarks/quality/url_semi.py --quick      # fewer rows and epochs
 Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick}.{json,md,png}.
@@ -60,17 +63,18 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, preset: str, growi
         "teacher": {"model": "bundled:all-minilm-l6-v2", "max_length": 64,
                     "finetune": {"epochs": args.teacher_epochs, "batch_size": 32, "learning_rate": args.teacher_lr,
                                  "schedule": "linear", "warmup": 0.1, "select_by": "auc",
-                                 "early_stopping_patience": 2,
+                                 "early_stopping_patience": 2, "group_by_length": True,
                                  "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}}},
         "labeling": {"replicas": 1, "cpus_per_replica": 1.0, "batch_size": 64},
         "semi_supervised": {"rounds": args.rounds, "min_gain": 0.002, "round_targets": "soft",
                             "round_max_rows": args.round_rows, "ratios": [0.0, 0.25, 0.5, 0.75, 1.0],
                             "added_rows": [0, 5_000 if not args.quick else 2_000, -1] if growing else [],
-                            "confidence": 0.0, "targets": "soft"},
+                            "confidence": 0.0, "balance": args.balance, "targets": "soft"},
         "student": {"model": "char_cnn", "preset": preset, "max_length": args.student_length},
-        "training": {"epochs": args.epochs, "batch_size": 128, "learning_rate": 2e-3, "schedule": "cosine",
-                     "warmup": 0.1, "early_stopping_patience": 2, "select_by": "auc",
-                     "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}},
+        "training": {"epochs": args.epochs, "batch_size": args.batch, "learning_rate": args.lr,
+                     "schedule": "cosine", "warmup": 0.1, "early_stopping_patience": args.patience,
+                     "select_by": "auc", "scaling": {"strategy": "ddp", "workers": args.workers,
+                                                     "cpus_per_worker": 2.0 / args.workers}},
         "distillation": {"alpha": 0.5, "temperature": args.temperature},
         "evaluation": {"fprs": [0.01, 0.05], "group_by": ["source", "form"]},
         "resources": {"num_cpus": 4},
@@ -133,8 +137,14 @@ def main() -> int:
     p.add_argument("--teacher-epochs", type=int, default=3)
     p.add_argument("--teacher-lr", type=float, default=1e-4)
     p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--workers", type=int, default=2, help="student training workers")
+    p.add_argument("--batch", type=int, default=32, help="student rows per step per worker")
+    p.add_argument("--lr", type=float, default=1e-3, help="student peak learning rate")
+    p.add_argument("--patience", type=int, default=3, help="student early stopping patience (epochs)")
     p.add_argument("--student-length", type=int, default=128, help="characters (94%% of the URLs here fit whole)")
     p.add_argument("--temperature", type=float, default=2.0)
+    p.add_argument("--balance", default="labelled", choices=["none", "even", "labelled"],
+                   help="semi_supervised.balance: the pool is 7%% malware, the labelled rows 25%%")
     p.add_argument("--presets", default="default,small")
     p.add_argument("--out", type=Path, default=Path("runs/quality/url"))
     args = p.parse_args()
@@ -223,6 +233,10 @@ def plot(results: dict, path: Path) -> None:
                        label="style-only control")
             if curve == "growing":
                 ax.set_xscale("symlog", linthresh=1000)
+                xs = sorted({c["x"] for r in results["presets"].values() for c in r["curves"]
+                             if c["curve"] == "growing"})
+                ax.set_xticks(xs, [f"{x / 1000:.0f}k" if x else "0" for x in xs])
+                ax.minorticks_off()
             ax.set_xlabel("share r of pseudo-labelled rows (fixed size)" if curve == "fixed"
                           else "pseudo-labelled rows added to the labelled rows")
             ax.set_ylabel(title)

@@ -1,0 +1,81 @@
+"""Teacher fine-tuning with and without `group_by_length`, side by side in one run: seconds per fit and the
+validation figures, on the URL experiment's labelled rows (MiniLM-L6, 2 DDP workers, 3 epochs).
+
+A transformer batch is padded to its longest row. URLs are 11 MiniLM tokens at the median but 54 at the 90th
+percentile, so a random batch of 32 is nearly always padded to the 64-token cap; grouping rows of similar
+length cuts the padding. Grouping also makes batches less mixed (length goes with the source here), which
+could cost quality: the validation figures say whether it does.
+
+    .venv/bin/python benchmarks/bench_teacher_finetune.py      # ~15 min on 2 cores
+Reads runs/quality/url/data (written here if missing, as url_semi.py writes it).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import ray
+from sklearn.metrics import f1_score, roc_auc_score
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE / "quality"))
+
+from url_data import CLASSES, write_experiment_shards  # noqa: E402
+
+from smallsec_ray.runtime import init_ray  # noqa: E402
+from smallsec_ray.spec import FinetuneSpec  # noqa: E402
+from smallsec_ray.teachers.backends import make_teacher  # noqa: E402
+from smallsec_ray.teachers.bundled import resolve_model  # noqa: E402
+from smallsec_ray.teachers.finetune import finetune_teacher  # noqa: E402
+
+SHARED = HERE.parents[1] / "shared" / "data"
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, default=Path("runs/quality/url/data"))
+    p.add_argument("--epochs", type=int, default=3)
+    args = p.parse_args()
+    if not (args.data / "labelled").exists():
+        write_experiment_shards(SHARED, args.data, 3600, 600, 24000, 6000)
+    rows = pd.read_parquet(args.data / "labelled").rename(columns={"fixed_split": "split"})
+    train, val = rows[rows["split"] == "train"], rows[rows["split"] == "validation"]
+    init_ray(num_cpus=4)
+    train_ds = ray.data.from_pandas(train[["id", "text", "label"]]).materialize()
+    val_ds = ray.data.from_pandas(val[["id", "text", "label"]]).materialize()
+    y = val["label"].map(CLASSES.index).to_numpy()
+    results = []
+    for grouped in (False, True):
+        spec = FinetuneSpec(epochs=args.epochs, batch_size=32, learning_rate=1e-4, schedule="linear", warmup=0.1,
+                            select_by="auc", early_stopping_patience=0, group_by_length=grouped,
+                            scaling={"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5})
+        with tempfile.TemporaryDirectory() as out:
+            started = time.time()
+            trained = finetune_teacher(resolve_model("bundled:all-minilm-l6-v2"), CLASSES, train_ds, val_ds, spec,
+                                       max_length=64, out_dir=out)
+            seconds = time.time() - started
+            probs = make_teacher("classifier", "hf", trained.model_dir, CLASSES, max_length=64).probs(
+                list(val["text"]))
+        result = {"group_by_length": grouped, "fit_seconds": round(seconds, 1),
+                  "train_rows_per_s": round(trained.samples_per_s, 1), "best_epoch": trained.best_epoch,
+                  "val_macro_f1": round(float(f1_score(y, probs.argmax(1), average="macro")), 4),
+                  "val_auc_macro": round(float(np.mean([roc_auc_score(y == k, probs[:, k])
+                                                        for k in range(len(CLASSES))])), 4)}
+        print(json.dumps(result), flush=True)
+        results.append(result)
+    plain, grouped = results
+    print(f"group_by_length: {plain['fit_seconds'] / grouped['fit_seconds']:.2f}x faster fit, "
+          f"{grouped['train_rows_per_s'] / plain['train_rows_per_s']:.2f}x training rows/s")
+    (HERE / "bench_teacher_finetune_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
