@@ -48,7 +48,7 @@ FINGERPRINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "
 
 class Scorer(Protocol):
     """An engine holding the model: token ids in, probabilities in class order out. The scorers of
-    generative models also have `generate(token_ids, max_tokens, temperature, seed) -> list[str]`."""
+    generative models also have `generate(token_ids, max_tokens, temperature, seeds) -> list[str]`."""
 
     def scores(self, token_ids: list[list[int]]) -> np.ndarray: ...
 
@@ -89,12 +89,17 @@ class Teacher:
         """What produced the probabilities: model folder, backend, kind, dtype, weights fingerprint, ..."""
         return dict(self._identity)
 
-    def generate(self, prompts: list[str], max_tokens: int, temperature: float = 0.8, seed: int = 0) -> list[str]:
-        """Completions of plain prompts (chat template applied); prompt i samples with seed + i."""
+    def generate(self, prompts: list[str], max_tokens: int, temperature: float = 0.8,
+                 seed: int | list[int] = 0) -> list[str]:
+        """Completions of plain prompts (chat template applied); prompt i samples with seed + i, or with
+        seed[i] when `seed` is a list (a prompt's answer then does not depend on the others in the call)."""
         if not isinstance(self.inputs, PromptInputs):
             raise StageError("teacher: a classifier cannot generate text; use teacher.kind: generative")
+        seeds = list(seed) if isinstance(seed, list) else [seed + i for i in range(len(prompts))]
+        if len(seeds) != len(prompts):
+            raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
         token_ids = [self.inputs.chat_ids(p) for p in prompts]
-        return self.scorer.generate(token_ids, max_tokens, temperature, seed)
+        return self.scorer.generate(token_ids, max_tokens, temperature, seeds)
 
     def close(self) -> None:
         """Frees the engine (with vLLM, needed before another engine starts in this process)."""
@@ -383,11 +388,10 @@ class VllmLabelToken:
                             np.float64)
         return _softmax(logits)
 
-    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float, seed: int) -> list[str]:
+    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float, seeds: list[int]) -> list[str]:
         from vllm import SamplingParams
 
-        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=seed + i)
-                  for i in range(len(token_ids))]
+        params = [SamplingParams(max_tokens=max_tokens, temperature=temperature, seed=s) for s in seeds]
         outputs = self.llm.generate(_token_prompts(token_ids), params, use_tqdm=False)
         return [o.outputs[0].text for o in outputs]
 
@@ -465,13 +469,13 @@ class HfLabelToken:
                 probs[rows] = _softmax(picked)
         return probs
 
-    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float, seed: int) -> list[str]:
+    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float, seeds: list[int]) -> list[str]:
         import torch
 
         texts = []
         with torch.inference_mode():
-            for i, ids in enumerate(token_ids):
-                torch.manual_seed(seed + i)
+            for ids, seed in zip(token_ids, seeds, strict=True):
+                torch.manual_seed(seed)
                 sampling = {"do_sample": True, "temperature": temperature} if temperature > 0 else {"do_sample": False}
                 prompt = torch.tensor([ids])
                 out = self.model.generate(prompt, attention_mask=torch.ones_like(prompt), max_new_tokens=max_tokens,

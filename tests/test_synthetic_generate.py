@@ -1,0 +1,54 @@
+"""Templated pages written by a generative teacher: seeded, independent of the rest of the run, and every
+layout a page that passes the checks once its slots are filled."""
+
+from __future__ import annotations
+
+import pytest
+
+from smallsec_ray.synthetic.checks import check_html
+from smallsec_ray.synthetic.generate import Family, generate_pages
+from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, clean_slot, fill, layouts
+from smallsec_ray.teachers.backends import make_teacher
+
+TEA = Family("tea", "loose-leaf tea", "phishing")
+BAGS = Family("bags", "leather handbags", "phishing")
+
+
+def test_every_layout_filled_is_a_phishing_page_that_passes_the_checks_and_unfilled_is_rejected():
+    kinds = {x.kind for x in layouts()}
+    assert kinds == {"storefront", "social_login", "checkout"} and len(layouts()) == 9
+    for layout in layouts():
+        model_slots = set(layout.slots()) - {"action"} - {f"price_{i}" for i in range(1, 5)}
+        assert model_slots <= set(FIRST_PASS) | set(SECOND_PASS), layout.template
+        values = {slot: f"Plain words written for the {slot} slot of this page" for slot in layout.slots()}
+        assert check_html(fill(layout.html, values), phishing=True) is None, layout.template
+        values.pop("shop_name")
+        assert check_html(fill(layout.html, values), phishing=True) == "template_marker"
+    assert layouts(["checkout"]) == [x for x in layouts() if x.kind == "checkout"]
+    with pytest.raises(ValueError, match="unknown layouts"):
+        layouts(["storefront/nope"])
+
+
+def test_model_answers_become_clean_slot_content():
+    assert clean_slot('\n"Leaf & Kettle"\nA shop for tea lovers', 40) == "Leaf & Kettle"
+    assert clean_slot("**Shop name:** Leaf & Kettle Tea Company", 40) == "Leaf & Kettle Tea Company"
+    assert clean_slot("word " * 30, 20) == "word word word word"
+    assert clean_slot("  \n ", 40) == ""
+    assert fill("<b>{{shop_name}}</b>", {"shop_name": "<Tea & Co>"}) == "<b>&lt;Tea &amp; Co&gt;</b>"
+
+
+@pytest.mark.timeout(300)
+def test_pages_are_seeded_and_do_not_depend_on_the_other_families(tiny_causal_lm):
+    teacher = make_teacher("generative", "hf", str(tiny_causal_lm), ["benign", "malicious"], artifact="html")
+    grid = layouts(["storefront/grid", "checkout/steps"])
+    both = generate_pages(teacher, [TEA, BAGS], grid, per_family=2, seed=0, max_tokens=6)
+    again = generate_pages(teacher, [TEA, BAGS], grid, per_family=2, seed=0, max_tokens=6)
+    tea_alone = generate_pages(teacher, [TEA], grid, per_family=2, seed=0, max_tokens=6)
+    other_seed = generate_pages(teacher, [TEA], grid, per_family=2, seed=1, max_tokens=6)
+    assert [c.text for c in both.candidates] == [c.text for c in again.candidates]
+    assert [c.text for c in both.candidates[:2]] == [c.text for c in tea_alone.candidates]
+    assert [c.text for c in other_seed.candidates] != [c.text for c in tea_alone.candidates]
+    assert [(c.family, c.template, c.label) for c in both.candidates] == [
+        ("tea", "storefront/grid", "phishing"), ("tea", "checkout/steps", "phishing"),
+        ("bags", "storefront/grid", "phishing"), ("bags", "checkout/steps", "phishing")]
+    assert both.prompts > 0 and all("shop_name" in c.slots for c in both.candidates)
