@@ -7,7 +7,7 @@ import pytest
 
 from smallsec_ray.synthetic.checks import check_html
 from smallsec_ray.synthetic.generate import Family, generate_pages
-from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, clean_slot, fill, layouts
+from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, clean_slot, fill, layouts, slot_problem
 from smallsec_ray.teachers.backends import make_teacher
 
 TEA = Family("tea", "loose-leaf tea", "phishing")
@@ -37,6 +37,16 @@ def test_model_answers_become_clean_slot_content():
     assert fill("<b>{{shop_name}}</b>", {"shop_name": "<Tea & Co>"}) == "<b>&lt;Tea &amp; Co&gt;</b>"
 
 
+def test_answers_that_cannot_fill_a_slot_are_named():
+    # Answers SmolLM2-135M gave in a trial run: talk about the task instead of the content.
+    assert slot_problem("email_label", "I'm ready to help. How can I") == "too_long"
+    assert slot_problem("shop_name", "Hello, I'm thrilled to assist") == "assistant_talk"
+    assert slot_problem("blurb_3", "SmolLM, a helpful AI assistant, is a kind AI") == "assistant_talk"
+    assert slot_problem("shop_name", "") == "empty"
+    assert slot_problem("shop_name", "Leaf & Kettle") is None
+    assert slot_problem("about", "Leaf & Kettle blends tea by hand in small batches. It ships in a day.") is None
+
+
 @pytest.mark.timeout(300)
 def test_pages_are_seeded_and_do_not_depend_on_the_other_families(tiny_causal_lm):
     teacher = make_teacher("generative", "hf", str(tiny_causal_lm), ["benign", "malicious"], artifact="html")
@@ -51,4 +61,6 @@ def test_pages_are_seeded_and_do_not_depend_on_the_other_families(tiny_causal_lm
     assert [(c.family, c.template, c.label) for c in both.candidates] == [
         ("tea", "storefront/grid", "phishing"), ("tea", "checkout/steps", "phishing"),
         ("bags", "storefront/grid", "phishing"), ("bags", "checkout/steps", "phishing")]
-    assert both.prompts > 0 and all("shop_name" in c.slots for c in both.candidates)
+    for c in both.candidates:  # every slot of the page was filled, or is named with its problem
+        assert set(c.slots) | set(c.unfilled) >= {"shop_name", "product_1"} and not set(c.slots) & set(c.unfilled)
+    assert both.prompts >= 4 * 5  # shop name and products of four pages, retries on top

@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, SLOT_CHARS, Layout, clean_slot, fill
+from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, SLOT_CHARS, Layout, clean_slot, fill, slot_problem
 
 DEFAULT_SLOT_CHARS = 300
 
@@ -38,13 +38,14 @@ class Candidate:
     seed: int
     text: str  # the filled page
     slots: dict[str, str] = field(default_factory=dict)  # what the model wrote, slot by slot
+    unfilled: dict[str, str] = field(default_factory=dict)  # slot -> why no answer could fill it
 
 
 @dataclass
 class Generated:
     candidates: list[Candidate]
     seconds: float
-    prompts: int
+    prompts: int  # prompts sent, retries included
 
 
 def plan_seed(seed: int, family: str, index: int) -> int:
@@ -60,27 +61,43 @@ def code_values(slug: str, seed: int) -> dict[str, str]:
 
 
 def generate_pages(teacher: Any, families: list[Family], layouts: list[Layout], per_family: int, seed: int = 0,
-                   temperature: float = 0.8, max_tokens: int = 48) -> Generated:
+                   temperature: float = 0.8, max_tokens: int = 48, retries: int = 2) -> Generated:
     """`per_family` candidate pages of each family, the layouts taken in turn (`teacher.generate` writes the
-    slots; see the module docstring)."""
+    slots; see the module docstring). An answer that cannot fill its slot (templates.slot_problem) is asked
+    again with another seed, up to `retries` times; then the slot stays unfilled and the page keeps its
+    marker."""
     started = time.perf_counter()
     plans = [(family, layouts[i % len(layouts)], plan_seed(seed, family.name, i))
              for family in families for i in range(per_family)]
     values: list[dict[str, str]] = [{} for _ in plans]
+    unfilled: list[dict[str, str]] = [{} for _ in plans]
     prompts = 0
     for instructions in (FIRST_PASS, SECOND_PASS):
         asks = [(k, slot, text.format(family=family.description, **values[k]))
                 for k, (family, layout, _) in enumerate(plans)
                 for slot, text in instructions.items() if slot in layout.slots() and _has_names(text, values[k])]
-        answers = _ask(teacher, asks, plans, temperature, max_tokens)
-        for (k, slot, _), answer in zip(asks, answers, strict=True):
-            values[k][slot] = clean_slot(answer, SLOT_CHARS.get(slot, DEFAULT_SLOT_CHARS))
-        prompts += len(asks)
+        for attempt in range(retries + 1):
+            answers = _ask(teacher, asks, plans, temperature, max_tokens, attempt)
+            prompts += len(asks)
+            again = []
+            for (k, slot, prompt), answer in zip(asks, answers, strict=True):
+                value = clean_slot(answer, SLOT_CHARS.get(slot, DEFAULT_SLOT_CHARS))
+                problem = slot_problem(slot, value)
+                if problem is None:
+                    values[k][slot] = value
+                    unfilled[k].pop(slot, None)
+                else:
+                    unfilled[k][slot] = problem
+                    again.append((k, slot, prompt))
+            asks = again
+            if not asks:
+                break
     candidates = []
-    for (family, layout, candidate_seed), written in zip(plans, values, strict=True):
+    for (family, layout, candidate_seed), written, missing in zip(plans, values, unfilled, strict=True):
         slug = re.sub(r"[^a-z0-9]+", "-", written.get("shop_name", family.name).lower()).strip("-") or family.name
         page = fill(layout.html, {**written, **code_values(slug, candidate_seed)})
-        candidates.append(Candidate(family.name, layout.template, family.label, candidate_seed, page, written))
+        candidates.append(Candidate(family.name, layout.template, family.label, candidate_seed, page, written,
+                                    missing))
     return Generated(candidates, time.perf_counter() - started, prompts)
 
 
@@ -92,10 +109,10 @@ def _has_names(instruction: str, written: dict[str, str]) -> bool:
 
 
 def _ask(teacher: Any, asks: list[tuple[int, str, str]], plans: list, temperature: float,
-         max_tokens: int) -> list[str]:
-    """All prompts of a pass in one call (vLLM batches them); each samples with its candidate's seed plus
-    the slot's name, so a page does not depend on the other pages of the run."""
+         max_tokens: int, attempt: int) -> list[str]:
+    """All prompts of a pass in one call (vLLM batches them); each samples with its candidate's seed, the
+    slot's name and the attempt, so a page does not depend on the other pages of the run."""
     if not asks:
         return []
-    seeds = [(plans[k][2] + zlib.crc32(slot.encode())) % 2**31 for k, slot, _ in asks]
+    seeds = [(plans[k][2] + zlib.crc32(f"{slot}:{attempt}".encode())) % 2**31 for k, slot, _ in asks]
     return teacher.generate([prompt for _, _, prompt in asks], max_tokens, temperature, seed=seeds)

@@ -24,9 +24,11 @@ SLOT = re.compile(r"\{\{(\w+)\}\}")
 # What the model is asked for each slot; {family} is the family's description ("tea"), {shop_name} and
 # {product_N} are the slots written in the first pass. Second-pass slots name first-pass ones.
 FIRST_PASS = {
-    "shop_name": "Invent the name of a small online shop that sells {family}. Reply with the name only.",
-    **{f"product_{i}": f"Name one product (number {i}) that an online shop selling {{family}} has in its "
-       "catalogue. Reply with the product name only." for i in range(1, 5)},
+    "shop_name": "Shop names: Wick & Glow sells candles; Petal Post sells flowers; Grind House sells coffee. "
+                 "Invent the name of a small online shop that sells {family}. Reply with the name only.",
+    **{f"product_{i}": f"Catalogue entries: 'Amber Soy Candle', 'Spring Tulip Bunch', 'Dark Roast Beans'. Name "
+       f"product number {i} in the catalogue of an online shop that sells {{family}}. Reply with the product "
+       "name only." for i in range(1, 5)},
 }
 SECOND_PASS = {
     "tagline": "Write a short slogan for {shop_name}, an online shop that sells {family}.",
@@ -40,14 +42,22 @@ SECOND_PASS = {
                    "account to claim a discount on {family}.",
     "checkout_text": "Write two sentences telling a customer of {shop_name} that their order of {product_1} "
                      "is almost complete and that they need to confirm their card details.",
-    "email_label": "Write the label of the email field on the login form of {shop_name}. Reply with two or "
-                   "three words only.",
-    "password_label": "Write the label of the password field on the login form of {shop_name}. Reply with "
-                      "one or two words only.",
-    "button_text": "Write the text of the sign-in button of {shop_name}. Reply with two or three words only.",
+    "email_label": "Email field labels: 'Email address', 'Your e-mail', 'Login email'. Write the label of the "
+                   "email field on the login form of {shop_name}. Reply with the label only.",
+    "password_label": "Password field labels: 'Password', 'Your password', 'Secret code'. Write the label of "
+                      "the password field on the login form of {shop_name}. Reply with the label only.",
+    "button_text": "Sign-in buttons: 'Sign in', 'Log in now', 'Continue'. Write the text of the sign-in button "
+                   "of {shop_name}. Reply with the text only.",
 }
+# Longest usable answer per slot, in characters and in words (others: 300 characters, any words).
 SLOT_CHARS = {"shop_name": 40, "email_label": 30, "password_label": 30, "button_text": 30,
-              **{f"product_{i}": 60 for i in range(1, 5)}}  # others: 300
+              **{f"product_{i}": 60 for i in range(1, 5)}}
+SLOT_WORDS = {"shop_name": 6, "email_label": 4, "password_label": 3, "button_text": 4,
+              **{f"product_{i}": 8 for i in range(1, 5)}}
+# Answers that talk about the task instead of doing it ("I'm ready to help", "As an AI").
+ASSISTANT_TALK = re.compile(r"\b(I|I'm|I am|I'll|I've|me|my|you're|hello|hi|sorry|assist\w*|assistant|AI|"
+                            r"SmolLM|here is|here's|sure|certainly|question|answer|example|reply|"
+                            r"catalogue entr\w*)\b", re.IGNORECASE)
 KINDS = ("storefront", "social_login", "checkout")
 
 _CATALOGUE_CARDS = "".join(f'<div class="card"><h3>{{{{product_{i}}}}}</h3><p>{{{{blurb_{i}}}}}</p>'
@@ -154,6 +164,17 @@ def clean_slot(text: str, max_chars: int) -> str:
     if len(line) > max_chars:
         line = line[:max_chars].rsplit(" ", 1)[0].rstrip(",;:-")
     return line
+
+
+def slot_problem(slot: str, value: str) -> str | None:
+    """Why a cleaned answer cannot fill `slot` (None: it can): empty, too many words, or assistant talk."""
+    if not value:
+        return "empty"
+    if len(value.split()) > SLOT_WORDS.get(slot, 10**6):
+        return "too_long"
+    if ASSISTANT_TALK.search(value):
+        return "assistant_talk"
+    return None
 
 
 def fill(html: str, values: dict[str, str]) -> str:
