@@ -323,6 +323,56 @@ class SemiSupervisedSpec(Section):
         return value
 
 
+class FamilySpec(Section):
+    """One family of generated artifacts: what its pages are about, and their class."""
+
+    name: str = Field(pattern=r"^[a-z0-9][a-z0-9_-]*$", description="The family's id (lowercase letters, digits, "
+                      "- and _), in the shards' `family` column, e.g. tea.")
+    description: str = Field(min_length=1, description="What the family's shop sells, as the prompts say it, e.g. "
+                             "loose-leaf tea.")
+    label: str | None = Field(None, description="Class of its pages; null: positive_class.")
+
+
+class SyntheticSpec(Section):
+    """The synthetic workload: generated families, held-out evaluation and the regression gate."""
+
+    families: list[FamilySpec] = Field(default_factory=list, description="The families the generative teacher "
+                                       "writes pages for.")
+    train_families: list[str] | None = Field(None, description="Families whose pages the student trains on; the "
+                                             "others are held out and only evaluated. null: all but the last.")
+    layouts: list[str] | None = Field(None, description="Templates (kind/layout, or a whole kind: storefront, "
+                                      "social_login, checkout) of every family's pages; null: all those not in "
+                                      "holdout_layouts.")
+    holdout_layouts: list[str] = Field(default_factory=list, description="Templates used only for held-out "
+                                       "families' extra pages: the stricter holdout (families and layouts never "
+                                       "seen in training).")
+    per_family: int = Field(40, ge=1, description="Candidate pages generated per family (and per family in "
+                            "holdout_layouts).")
+    temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature of the generative teacher.")
+    max_tokens: int = Field(64, ge=1, le=4096, description="Tokens the teacher writes per slot at most.")
+    retries: int = Field(2, ge=0, description="Times a slot whose answer cannot fill it is asked again.")
+    seed: int = Field(0, description="Seed of the sampling and of the prices and form targets.")
+    min_text_chars: int = Field(200, ge=0, description="Visible text a page needs at least (HTML).")
+    near_duplicate: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity of word 3-grams at "
+                                  "which a candidate is a near duplicate of one kept before it.")
+    seed_similarity: float = Field(0.7, gt=0, le=1, description="Similarity to any seed artifact at which a "
+                                   "candidate is dropped as a copy of its seed.")
+    seeds: PathList = Field(description="Optional shards of seed artifacts (text column): candidates too close to "
+                            "any are dropped.")
+    replay_rows: int = Field(2000, ge=0, description="Real training rows replayed with the synthetic ones (a "
+                             "seeded sample), so the student keeps what it knew.")
+    tolerance: float = Field(0.005, ge=0, le=1, description="The gate: the new model is refused when accuracy, ROC "
+                             "AUC or macro-F1 on the regression set (the real test rows) drops by more than this.")
+
+    @field_validator("families")
+    @classmethod
+    def _family_names_are_distinct(cls, value: list[FamilySpec]) -> list[FamilySpec]:
+        names = [f.name for f in value]
+        if len(set(names)) != len(names):
+            raise ValueError(f"family names must be distinct, got {names}")
+        return value
+
+
 class EvaluationSpec(Section):
     fprs: list[float] = Field(default_factory=lambda: [0.001, 0.01], description="False-positive rates at "
                               "which TPR is reported (thresholds picked on the validation split).")
@@ -360,6 +410,8 @@ class JobSpec(Section):
                                            "mixes the given labels with the teacher's probabilities.")
     semi_supervised: SemiSupervisedSpec = Field(default_factory=SemiSupervisedSpec, description="Teacher rounds "
                                                 "and student mixes of the semi_supervised workload.")
+    synthetic: SyntheticSpec = Field(default_factory=SyntheticSpec, description="Generated families, held-out "
+                                     "evaluation and the regression gate of the synthetic workload.")
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
@@ -387,10 +439,42 @@ class JobSpec(Section):
                              "rounds fine-tune one teacher; use rounds: 1 or ensemble.size: 1")
         if self.workload == "semi_supervised" and not self.data.unlabelled:
             raise ValueError("workload semi_supervised needs data.unlabelled: the pool the teacher pseudo-labels")
+        if self.workload == "synthetic":
+            self._check_synthetic()
         unknown = set(self.teacher.verbalizers) - set(self.classes)
         if unknown:
             raise ValueError(f"teacher.verbalizers names unknown classes {sorted(unknown)}; allowed: {self.classes}")
         return self
+
+    def _check_synthetic(self) -> None:
+        syn = self.synthetic
+        if len(syn.families) < 2:
+            raise ValueError("workload synthetic needs at least two synthetic.families: some to train on, some held "
+                             "out")
+        names = [f.name for f in syn.families]
+        unknown = set(syn.train_families or []) - set(names)
+        if unknown:
+            raise ValueError(f"synthetic.train_families names unknown families {sorted(unknown)}; families: {names}")
+        if syn.train_families is not None and not (0 < len(set(syn.train_families)) < len(names)):
+            raise ValueError("synthetic.train_families must leave at least one family out (held out) and keep one")
+        bad = [f.name for f in syn.families if f.label is not None and f.label not in self.classes]
+        if bad:
+            raise ValueError(f"synthetic.families {bad}: label is not one of classes {self.classes}")
+        if self.teacher.kind != "generative":
+            raise ValueError("workload synthetic needs a generative teacher (teacher.kind: generative) to write pages")
+        if not self.student.init_from:
+            raise ValueError("workload synthetic continues training an existing student: set student.init_from to "
+                             "the production model folder")
+        from smallsec_ray.synthetic.templates import layouts
+
+        for key in ("layouts", "holdout_layouts"):
+            try:
+                layouts(getattr(syn, key) or [])
+            except ValueError as err:
+                raise ValueError(f"synthetic.{key}: {err}") from None
+        if syn.layouts and set(layouts(syn.layouts)) & set(layouts(syn.holdout_layouts)):
+            raise ValueError("synthetic.layouts and synthetic.holdout_layouts share templates; a held-out layout "
+                             "must never be trained on")
 
     def values_at(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The values at dotted key paths ("teacher.finetune", "training.epochs"), JSON-able; "!data.noise"

@@ -164,3 +164,27 @@ def test_importing_the_spec_imports_no_data_module():
     code = "import sys, smallsec_ray.spec; print(sorted(m for m in sys.modules if m.startswith('smallsec_ray')))"
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert "smallsec_ray.data" not in loaded and "smallsec_ray.spec" in loaded
+
+
+def test_synthetic_keys_are_checked(shard, tmp_path):
+    families = [{"name": "tea", "description": "loose-leaf tea"}, {"name": "bags", "description": "handbags"}]
+    syn = minimal(shard, workload="synthetic", artifact="html", classes=["benign", "phishing"],
+                  positive_class="phishing", teacher={"kind": "generative", "model": "bundled:smollm2-135m-instruct"},
+                  student={"model": "html_hier", "init_from": str(tmp_path)},
+                  synthetic={"families": families, "train_families": ["tea"], "holdout_layouts": ["checkout"]})
+    spec = parse_spec(syn)
+    assert spec.synthetic.per_family == 40 and spec.synthetic.tolerance == 0.005
+    assert "at least two synthetic.families" in errors_of({**syn, "synthetic": {"families": families[:1]}})
+    assert "unknown families ['cushions']" in errors_of(
+        {**syn, "synthetic": {"families": families, "train_families": ["cushions"]}})
+    assert "must leave at least one family out" in errors_of(
+        {**syn, "synthetic": {"families": families, "train_families": ["tea", "bags"]}})
+    assert "family names must be distinct" in errors_of({**syn, "synthetic": {"families": families * 2}})
+    assert "synthetic.holdout_layouts: unknown layouts" in errors_of(
+        {**syn, "synthetic": {"families": families, "holdout_layouts": ["checkout/nope"]}})
+    assert "share templates" in errors_of(
+        {**syn, "synthetic": {"families": families, "layouts": ["checkout"], "holdout_layouts": ["checkout/steps"]}})
+    assert "needs a generative teacher" in errors_of({**syn, "teacher": {"model": "bundled:all-minilm-l6-v2"}})
+    assert "set student.init_from" in errors_of({**syn, "student": {"model": "html_hier"}})
+    assert "label is not one of classes" in errors_of(
+        {**syn, "synthetic": {"families": [*families, {"name": "x", "description": "y", "label": "malware"}]}})
