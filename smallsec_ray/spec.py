@@ -363,6 +363,9 @@ class SyntheticSpec(Section):
                              "seeded sample), so the student keeps what it knew.")
     tolerance: float = Field(0.005, ge=0, le=1, description="The gate: the new model is refused when accuracy, ROC "
                              "AUC or macro-F1 on the regression set (the real test rows) drops by more than this.")
+    training: TrainingSpec | None = Field(None, description="How the new model continues training (often fewer "
+                                          "epochs and a lower learning rate); null: as `training`, which also "
+                                          "trains the production model when student.init_from is null.")
 
     @field_validator("families")
     @classmethod
@@ -462,9 +465,6 @@ class JobSpec(Section):
             raise ValueError(f"synthetic.families {bad}: label is not one of classes {self.classes}")
         if self.teacher.kind != "generative":
             raise ValueError("workload synthetic needs a generative teacher (teacher.kind: generative) to write pages")
-        if not self.student.init_from:
-            raise ValueError("workload synthetic continues training an existing student: set student.init_from to "
-                             "the production model folder")
         from smallsec_ray.synthetic.templates import layouts
 
         for key in ("layouts", "holdout_layouts"):

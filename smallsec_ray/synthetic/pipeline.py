@@ -13,6 +13,7 @@ for within a family: pages of different families differ by what they sell):
 from __future__ import annotations
 
 import json
+import zlib
 from collections import Counter
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -44,13 +45,19 @@ META_GENERATION = b"smallsec.generation"  # JSON: the generator's identity and s
 class FamilyPlan:
     family: Family
     layouts: list[str]  # kind/layout names (templates.layouts)
+    part: str = ""  # "" for a family's pages; "strict" for its pages in held-out layouts
+
+    @property
+    def key(self) -> str:
+        """The shard name: the family, with the part after a dot."""
+        return f"{self.family.name}.{self.part}" if self.part else self.family.name
 
 
 @dataclass
 class FamilyCounts:
     """What happened to one family's candidates."""
 
-    family: str
+    family: str  # the plan's key: the family, or family.strict
     candidates: int
     accepted: int
     rejected: dict[str, int] = field(default_factory=dict)  # reason -> rows (duplicates included)
@@ -72,7 +79,7 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
     teacher_args = _teacher_args({**teacher_cfg, "device": device}, teacher_cfg["classes"])
     teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
     out = Path(out_dir) / CANDIDATES
-    pending = [p for p in plans if not (out / f"{p.family.name}.parquet").is_file()]
+    pending = [p for p in plans if not (out / f"{p.key}.parquet").is_file()]
     if pending:
         items = ray.data.from_items([{"plan": json.dumps(asdict(p))} for p in pending],
                                     override_num_blocks=len(pending))
@@ -87,8 +94,7 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
                 if t:
                     t.add(per_family)
                     t.shard_done()
-    return {p.family.name: json.loads(pq.read_schema(out / f"{p.family.name}.parquet").metadata[META_GENERATION])
-            for p in plans}
+    return {p.key: json.loads(pq.read_schema(out / f"{p.key}.parquet").metadata[META_GENERATION]) for p in plans}
 
 
 class FamilyWriter:
@@ -104,21 +110,24 @@ class FamilyWriter:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         names = []
         for raw in batch["plan"]:
-            plan = json.loads(str(raw))
-            family = Family(**plan["family"])
-            generated = generate_pages(self.teacher, [family], named_layouts(plan["layouts"]), self.per_family,
-                                       **self.params)
+            fields = json.loads(str(raw))
+            plan = FamilyPlan(Family(**fields["family"]), fields["layouts"], fields["part"])
+            family, key = plan.family, plan.key
+            # Another part of a family samples its own pages: its seed differs by the part's name.
+            params = {**self.params, "seed": self.params.get("seed", 0) + zlib.crc32(plan.part.encode())}
+            generated = generate_pages(self.teacher, [family], named_layouts(plan.layouts), self.per_family,
+                                       **params)
             rows = generated.candidates
             table = pa.table({
-                ID: [f"syn-{family.name}-{i:05d}" for i in range(len(rows))],
+                ID: [f"syn-{key}-{i:05d}" for i in range(len(rows))],
                 TEXT: [c.text for c in rows], LABEL: [c.label for c in rows], FAMILY: [c.family for c in rows],
                 TEMPLATE: [c.template for c in rows], GEN_SEED: pa.array([c.seed for c in rows], pa.int64()),
                 SLOTS: [json.dumps(c.slots) for c in rows], UNFILLED: [json.dumps(c.unfilled) for c in rows]})
-            meta = {"generator": self.identity, **self.params, "per_family": self.per_family,
+            meta = {"generator": self.identity, **params, "per_family": self.per_family,
                     "prompts": generated.prompts, "seconds": generated.seconds}
-            write_parquet_atomic(table, str(self.out_dir / f"{family.name}.parquet"),
+            write_parquet_atomic(table, str(self.out_dir / f"{key}.parquet"),
                                  {META_GENERATION: json.dumps(meta).encode()})
-            names.append(family.name)
+            names.append(key)
         return {"family": names}
 
 
@@ -126,8 +135,7 @@ def filter_families(plans: list[FamilyPlan], out_dir: str | Path, artifact: str,
                     min_text_chars: int, near: float, seed_near: float) -> list[FamilyCounts]:
     """Checks and deduplicates every family's candidates (one Ray task each) into accepted/ and rejected/."""
     out = Path(out_dir)
-    refs = [_filter_family.remote(str(out), p.family.name, artifact, seeds, min_text_chars, near, seed_near)
-            for p in plans]
+    refs = [_filter_family.remote(str(out), p.key, artifact, seeds, min_text_chars, near, seed_near) for p in plans]
     counts = [FamilyCounts(**c) for c in ray.get(refs)]
     for c in counts:
         if c.accepted + sum(c.rejected.values()) != c.candidates:
@@ -137,10 +145,10 @@ def filter_families(plans: list[FamilyPlan], out_dir: str | Path, artifact: str,
 
 
 @ray.remote(num_cpus=0.5)
-def _filter_family(out_dir: str, family: str, artifact: str, seeds: list[str], min_text_chars: int,
+def _filter_family(out_dir: str, key: str, artifact: str, seeds: list[str], min_text_chars: int,
                    near: float, seed_near: float) -> dict:
     out = Path(out_dir)
-    source = out / CANDIDATES / f"{family}.parquet"
+    source = out / CANDIDATES / f"{key}.parquet"
     table = pq.read_table(source)
     meta = json.loads(table.schema.metadata[META_GENERATION])
     texts = table.column(TEXT).to_pylist()
@@ -159,9 +167,9 @@ def _filter_family(out_dir: str, family: str, artifact: str, seeds: list[str], m
     rejected = table.filter(pa.array(~keep)).append_column(REASON, pa.array([r for r in reasons if r is not None],
                                                                             pa.string()))
     metadata = {META_GENERATION: json.dumps(meta).encode()}
-    write_parquet_atomic(rejected, str(out / REJECTED / f"{family}.parquet"), metadata)
-    write_parquet_atomic(accepted, str(out / ACCEPTED / f"{family}.parquet"), metadata)
-    return asdict(FamilyCounts(family, table.num_rows, accepted.num_rows,
+    write_parquet_atomic(rejected, str(out / REJECTED / f"{key}.parquet"), metadata)
+    write_parquet_atomic(accepted, str(out / ACCEPTED / f"{key}.parquet"), metadata)
+    return asdict(FamilyCounts(key, table.num_rows, accepted.num_rows,
                                dict(Counter(r for r in reasons if r is not None)), meta["prompts"], meta["seconds"]))
 
 

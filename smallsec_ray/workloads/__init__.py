@@ -17,5 +17,8 @@ def stages_for(spec: JobSpec) -> list[Stage]:
         from smallsec_ray.workloads.semi_supervised import STAGES
 
         return STAGES
-    raise SpecError(f"workload: {spec.workload!r} is declared in the spec schema but not built yet in this "
-                    "version; use workload: distill or semi_supervised")
+    if spec.workload == "synthetic":
+        from smallsec_ray.workloads.synthetic import STAGES
+
+        return STAGES
+    raise SpecError(f"workload: {spec.workload!r} is not one of distill, semi_supervised, synthetic")

@@ -1,0 +1,103 @@
+"""The synthetic workload end to end, small: real HTML pages from the shared data (fathom benign pages,
+zphisher phishing pages), the bundled SmolLM2 on vLLM writing three storefront families, a tiny production
+HTML model trained in the run, and the gate both ways: a sound run exports the new model; a run whose
+training wrecks the model is refused and production stays the shipped one."""
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+import yaml
+
+from smallsec_ray.cli import main
+
+pytestmark = pytest.mark.timeout(3600)  # generous: a loaded 2-core machine is several times slower
+
+
+def html_rows(shared_data: Path) -> pd.DataFrame:
+    html = shared_data / "html"
+    benign = pd.read_json(html / "fathom_login_pages.jsonl.gz", lines=True).sample(n=150, random_state=0)
+    phishing = pd.read_json(html / "zphisher_pages.jsonl.gz", lines=True)
+    rows = pd.concat([benign, phishing])[["html", "label", "source", "origin"]]
+    rows = rows.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    rows["id"] = [f"p{i}" for i in range(len(rows))]
+    rows["group"] = rows["origin"].str.split("/").str[:2].str.join("/")  # a site (or a kit's brand) per group
+    return rows.drop(columns=["origin"])
+
+
+def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, shared_data, capsys):
+    rows = html_rows(shared_data)
+    data = tmp_path / "data"
+    data.mkdir()
+    rows.to_parquet(data / "pages.parquet")
+    out = tmp_path / "run"
+    spec = {
+        "name": "synthetic-e2e", "workload": "synthetic", "artifact": "html", "classes": ["benign", "phishing"],
+        "positive_class": "phishing",
+        "data": {"labelled": [str(data / "pages.parquet")], "split": {"validation": 0.25, "test": 0.3}},
+        "teacher": {"kind": "generative", "model": "bundled:smollm2-135m-instruct", "backend": "vllm",
+                    "finetune": {"enabled": False}},
+        "labeling": {"cpus_per_replica": 1},
+        "synthetic": {"families": [{"name": "tea", "description": "loose-leaf tea"},
+                                   {"name": "jewels", "description": "handmade jewellery"},
+                                   {"name": "bags", "description": "leather bags"}],
+                      "train_families": ["tea", "jewels"], "layouts": ["storefront/grid", "checkout/steps"],
+                      "holdout_layouts": ["social_login/centered"], "per_family": 4, "max_tokens": 32,
+                      "min_text_chars": 100, "replay_rows": 60, "tolerance": 0.05},
+        "student": {"model": "html_hier", "preset": "tiny"},
+        "training": {"epochs": 2, "batch_size": 16, "learning_rate": 3e-3,
+                     "scaling": {"strategy": "ddp", "workers": 2}},
+        "evaluation": {"fprs": [0.1], "group_by": ["source"]},
+        "resources": {"num_cpus": 4},
+        "output": str(out),
+    }
+    spec_path = tmp_path / "job.yaml"
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert main(["validate", str(spec_path)]) == 0
+    capsys.readouterr()
+    assert main(["run", str(spec_path)]) == 0
+    printed = capsys.readouterr().out
+    assert "[8/8] report: done" in printed, printed[-3000:]
+
+    def result(stage: str) -> dict:
+        return json.loads((out / stage / "manifest.json").read_text())["result"]
+
+    # Generation: every family in the training layouts, the held-out one also in the held-out layout.
+    generated = out / "generate"
+    assert sorted(p.name for p in (generated / "candidates").glob("*.parquet")) == [
+        "bags.parquet", "bags.strict.parquet", "jewels.parquet", "tea.parquet"]
+    families = result("filter")["families"]
+    for f in families:  # every candidate accepted, or rejected with its reason
+        rejected = pq.read_table(generated / "rejected" / f"{f['family']}.parquet")
+        assert f["accepted"] + rejected.num_rows == f["candidates"] == 4
+        assert sum(f["rejected"].values()) == rejected.num_rows
+    assert sum(f["accepted"] for f in families) > 0, families
+    tea = pq.read_table(generated / "accepted" / "tea.parquet")
+    assert set(tea.column("family").to_pylist()) <= {"tea"}
+    assert set(tea.column("template").to_pylist()) <= {"storefront/grid", "checkout/steps"}
+
+    evaluation = result("evaluate")
+    holdouts = {(f["family"], f["holdout"]) for f in evaluation["families"]}
+    assert all(h in ("trained on", "held out, training layouts", "held out, layouts held out") for _, h in holdouts)
+    assert evaluation["gate"]["passed"], evaluation["gate"]
+    shipped = result("export")
+    assert shipped["exported"] is not None and (out / shipped["shipped_model"] / "model.onnx").is_file()
+    report = (out / "report.md").read_text()
+    assert "Gate passed" in report and "| bags |" in report and "Generation" in report
+
+    # A training run that wrecks the model: the gate refuses it, production stays shipped. Only the stages
+    # after generation run again.
+    spec["synthetic"]["training"] = {**spec["training"], "learning_rate": 5.0}
+    spec["synthetic"]["tolerance"] = 0.0
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(spec_path)]) == 0
+    printed = capsys.readouterr().out
+    kept = ("prepare", "production", "generate", "filter")
+    assert all(f"{stage}: complete (ran" in printed for stage in kept), printed[-3000:]
+    gate = result("evaluate")["gate"]
+    assert not gate["passed"] and gate["reasons"], gate
+    shipped = result("export")
+    assert shipped["exported"] is None and shipped["shipped_model"] == result("production")["model_dir"]
+    assert "Gate FAILED" in (out / "report.md").read_text()
