@@ -475,6 +475,9 @@ class JobSpec(Section):
         if syn.layouts and set(layouts(syn.layouts)) & set(layouts(syn.holdout_layouts)):
             raise ValueError("synthetic.layouts and synthetic.holdout_layouts share templates; a held-out layout "
                              "must never be trained on")
+        if syn.layouts == [] or (syn.layouts is None and set(layouts()) <= set(layouts(syn.holdout_layouts))):
+            raise ValueError("synthetic.layouts: no template is left for the families' pages; name some, or hold "
+                             "fewer out in synthetic.holdout_layouts")
 
     def values_at(self, keys: tuple[str, ...]) -> dict[str, Any]:
         """The values at dotted key paths ("teacher.finetune", "training.epochs"), JSON-able; "!data.noise"

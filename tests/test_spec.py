@@ -184,6 +184,8 @@ def test_synthetic_keys_are_checked(shard, tmp_path):
         {**syn, "synthetic": {"families": families, "holdout_layouts": ["checkout/nope"]}})
     assert "share templates" in errors_of(
         {**syn, "synthetic": {"families": families, "layouts": ["checkout"], "holdout_layouts": ["checkout/steps"]}})
+    assert "no template is left" in errors_of(
+        {**syn, "synthetic": {"families": families, "holdout_layouts": ["storefront", "social_login", "checkout"]}})
     assert "needs a generative teacher" in errors_of({**syn, "teacher": {"model": "bundled:all-minilm-l6-v2"}})
     assert parse_spec({**syn, "student": {"model": "html_hier"}}).student.init_from is None  # trained here
     assert "label is not one of classes" in errors_of(
