@@ -42,6 +42,7 @@ def test_families_are_generated_once_and_every_candidate_is_accounted_for(ray_lo
     assert tea.stat().st_mtime_ns == written
 
     counts = filter_families(PLANS, tmp_path, "html", seeds=[], min_text_chars=200, near=0.8, seed_near=0.7)
+    assert [c.family for c in counts] == ["tea", "bags"]
     for c in counts:
         accepted = pq.read_table(tmp_path / ACCEPTED / f"{c.family}.parquet")
         rejected = pq.read_table(tmp_path / REJECTED / f"{c.family}.parquet")

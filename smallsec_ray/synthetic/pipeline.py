@@ -158,8 +158,8 @@ def _filter_family(out_dir: str, key: str, artifact: str, seeds: list[str], min_
         "unfilled_slot" if missing else check(artifact, text, phishing=label != "benign", min_text_chars=min_text_chars)
         for text, label, missing in zip(texts, labels, unfilled, strict=True)]
     passed = [i for i, r in enumerate(reasons) if r is None]
-    key = visible_text if artifact == "html" else (lambda t: t)
-    dedup = drop_duplicates([texts[i] for i in passed], seeds, near, seed_near, key=key)
+    compared = visible_text if artifact == "html" else (lambda t: t)  # what the model wrote, not the template
+    dedup = drop_duplicates([texts[i] for i in passed], seeds, near, seed_near, key=compared)
     for j, reason in dedup.dropped.items():
         reasons[passed[j]] = reason
     keep = np.array([r is None for r in reasons])
