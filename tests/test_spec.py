@@ -127,6 +127,10 @@ def test_shipped_job_specs_are_valid(tmp_path, monkeypatch):
     assert local.workload == "semi_supervised" and local.semi_supervised.rounds == 2
     cluster = load_spec(repo / "jobs" / "cluster" / "semi_supervised.yaml")
     assert cluster.classes == ["benign", "phishing", "malware"] and cluster.semi_supervised.added_rows[-1] == -1
+    local = load_job(repo / "jobs" / "local" / "synthetic.yaml")
+    assert local.workload == "synthetic" and len(local.synthetic.families) == 7 and local.student.init_from is None
+    cluster = load_spec(repo / "jobs" / "cluster" / "synthetic.yaml")
+    assert cluster.synthetic.training.learning_rate < cluster.training.learning_rate and cluster.student.init_from
     for path in (repo / "jobs").rglob("*.yaml"):
         assert path.read_text().startswith("# "), f"{path} must open with a comment saying what it does"
 

@@ -119,3 +119,39 @@ def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_
     prepare = json.loads((tmp_path / "runs" / "semi-supervised-cluster" / "prepare" / "manifest.json").read_text())
     parts = prepare["result"]["parts"]
     assert parts["unlabelled"]["rows"]["rows_out"] == 60 and parts["unlabelled"]["by_split"] == {"train": 60}
+
+
+def test_the_cluster_synthetic_spec_is_submitted_as_shipped(ray_head, tmp_path, shared_data, tiny_causal_lm, capsys,
+                                                            monkeypatch):
+    """jobs/cluster/synthetic.yaml as shipped, its ${...} defaults pointed at local files (real pages, a tiny
+    generator, a tiny production HTML model), through prepare on the local head."""
+    from smallsec_ray.students import build_student, student_config
+    from smallsec_ray.students.folder import Lineage, ModelConfig, save_model
+
+    repo = Path(__file__).resolve().parents[1]
+    data = tmp_path / "data"
+    pages = pd.read_json(shared_data / "html" / "zphisher_pages.jsonl.gz", lines=True)[["html", "label"]]
+    for k, name in enumerate(("html-analyst-labelled", "html-regression-set")):
+        (data / name).mkdir(parents=True)
+        rows = pages.iloc[k * 30:(k + 1) * 30]
+        rows.assign(id=[f"{name}-{i}" for i in range(len(rows))]).to_parquet(data / name / "part-0.parquet")
+    model, encoder = build_student("html_hier", "tiny", 2, None)
+    production = tmp_path / "production"
+    save_model(production, model.state_dict(),
+               ModelConfig(student_config(model), encoder.config(), ["benign", "phishing"], Lineage()))
+    text = (repo / "jobs" / "cluster" / "synthetic.yaml").read_text()
+    text = text.replace("${DATA_URI:-s3://my-bucket/telemetry}", str(data))
+    text = text.replace("${OUTPUT_DIR:-/mnt/shared/smallsec-runs}", str(tmp_path / "runs"))
+    text = text.replace("${GENERATOR_DIR:-/mnt/models/Qwen2.5-7B-Instruct}", str(tiny_causal_lm))
+    text = text.replace("${PRODUCTION_MODEL:-/mnt/shared/models/html-production}", str(production))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(text)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    assert "workload synthetic, 8 stages" in printed and "[1/8] prepare: done" in printed
+    prepare = json.loads((tmp_path / "runs" / "synthetic-cluster" / "prepare" / "manifest.json").read_text())
+    assert prepare["result"]["parts"]["labelled"]["rows"]["rows_out"] == 30
