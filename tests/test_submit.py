@@ -88,11 +88,27 @@ def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, cap
     assert "[1/7] prepare: done" in printed and "(raylet)" not in printed
 
 
+def submit_shipped_until_prepare(name: str, defaults: dict, tmp_path, ray_head, monkeypatch, capsys) -> str:
+    """Submits jobs/cluster/NAME as shipped, its ${...} defaults replaced by local paths (the Ray job does not
+    see this process's environment), through prepare; returns what it printed."""
+    text = (Path(__file__).resolve().parents[1] / "jobs" / "cluster" / name).read_text()
+    for reference, path in defaults.items():
+        text = text.replace(reference, str(path))
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "job.yaml").write_text(text)
+    monkeypatch.chdir(work)
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
+    printed = capsys.readouterr().out
+    assert code == 0, printed[-3000:]
+    return printed
+
+
 def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_path, shared_data, tiny_classifier,
                                                                  capsys, monkeypatch):
     """jobs/cluster/semi_supervised.yaml as shipped, its ${...} defaults pointed at local files (the Ray job
     does not see this process's environment), through prepare on the local head."""
-    repo = Path(__file__).resolve().parents[1]
     data = tmp_path / "data"
     urls = pd.read_csv(shared_data / "url" / "phishtank.csv", usecols=["url"]).drop_duplicates()
     for k, (name, part) in enumerate((("url-analyst-labelled", "labelled"), ("url-proxy-logs", "unlabelled"),
@@ -103,18 +119,9 @@ def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_
         if part != "unlabelled":
             rows = rows.assign(label="phishing")
         rows.to_parquet(data / name / "part-0.parquet")
-    text = (repo / "jobs" / "cluster" / "semi_supervised.yaml").read_text()
-    text = text.replace("${DATA_URI:-s3://my-bucket/telemetry}", str(data))
-    text = text.replace("${OUTPUT_DIR:-/mnt/shared/smallsec-runs}", str(tmp_path / "runs"))
-    text = text.replace("${TEACHER_DIR:-/mnt/models/Qwen2.5-7B-Instruct}", str(tiny_classifier))
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "job.yaml").write_text(text)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed[-3000:]
+    printed = submit_shipped_until_prepare("semi_supervised.yaml", {
+        "${DATA_URI:-s3://my-bucket/telemetry}": data, "${OUTPUT_DIR:-/mnt/shared/smallsec-runs}": tmp_path / "runs",
+        "${TEACHER_DIR:-/mnt/models/Qwen2.5-7B-Instruct}": tiny_classifier}, tmp_path, ray_head, monkeypatch, capsys)
     assert "workload semi_supervised, 7 stages" in printed and "[1/7] prepare: done" in printed
     prepare = json.loads((tmp_path / "runs" / "semi-supervised-cluster" / "prepare" / "manifest.json").read_text())
     parts = prepare["result"]["parts"]
@@ -128,7 +135,6 @@ def test_the_cluster_synthetic_spec_is_submitted_as_shipped(ray_head, tmp_path, 
     from smallsec_ray.students import build_student, student_config
     from smallsec_ray.students.folder import Lineage, ModelConfig, save_model
 
-    repo = Path(__file__).resolve().parents[1]
     data = tmp_path / "data"
     pages = pd.read_json(shared_data / "html" / "zphisher_pages.jsonl.gz", lines=True)[["html", "label"]]
     for k, name in enumerate(("html-analyst-labelled", "html-regression-set")):
@@ -139,19 +145,11 @@ def test_the_cluster_synthetic_spec_is_submitted_as_shipped(ray_head, tmp_path, 
     production = tmp_path / "production"
     save_model(production, model.state_dict(),
                ModelConfig(student_config(model), encoder.config(), ["benign", "phishing"], Lineage()))
-    text = (repo / "jobs" / "cluster" / "synthetic.yaml").read_text()
-    text = text.replace("${DATA_URI:-s3://my-bucket/telemetry}", str(data))
-    text = text.replace("${OUTPUT_DIR:-/mnt/shared/smallsec-runs}", str(tmp_path / "runs"))
-    text = text.replace("${GENERATOR_DIR:-/mnt/models/Qwen2.5-7B-Instruct}", str(tiny_causal_lm))
-    text = text.replace("${PRODUCTION_MODEL:-/mnt/shared/models/html-production}", str(production))
-    work = tmp_path / "work"
-    work.mkdir()
-    (work / "job.yaml").write_text(text)
-    monkeypatch.chdir(work)
-    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    code = main(["submit", "job.yaml", "--address", ray_head, "--until", "prepare", "--wait"])
-    printed = capsys.readouterr().out
-    assert code == 0, printed[-3000:]
+    printed = submit_shipped_until_prepare("synthetic.yaml", {
+        "${DATA_URI:-s3://my-bucket/telemetry}": data, "${OUTPUT_DIR:-/mnt/shared/smallsec-runs}": tmp_path / "runs",
+        "${GENERATOR_DIR:-/mnt/models/Qwen2.5-7B-Instruct}": tiny_causal_lm,
+        "${PRODUCTION_MODEL:-/mnt/shared/models/html-production}": production}, tmp_path, ray_head, monkeypatch,
+        capsys)
     assert "workload synthetic, 8 stages" in printed and "[1/8] prepare: done" in printed
     prepare = json.loads((tmp_path / "runs" / "synthetic-cluster" / "prepare" / "manifest.json").read_text())
     assert prepare["result"]["parts"]["labelled"]["rows"]["rows_out"] == 30
