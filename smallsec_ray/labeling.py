@@ -109,7 +109,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     """
     started = time.monotonic()
     device = "cuda" if gpus_per_replica > 0 else "cpu"
-    teacher_args = _teacher_args({**teacher_cfg, "device": device}, classes)
+    teacher_args = teacher_args_for({**teacher_cfg, "device": device}, classes)
     identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
     out = Path(out_dir)
     plan = _output_paths(input_paths, out)
@@ -121,7 +121,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     if pending:
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
-            ShardLabeller, batch_size=1, compute=_actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
+            ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "batch_size": batch_size,
                                    "on_too_long": on_too_long, "relay": console.relay()})
@@ -175,13 +175,13 @@ def _average_shard(members: list[str], target: str, identity: dict, num_classes:
     write_parquet_atomic(table, target, metadata)
 
 
-def _teacher_args(teacher_cfg: dict, classes: list[str]) -> dict:
+def teacher_args_for(teacher_cfg: dict, classes: list[str]) -> dict:
     """make_teacher's arguments from the spec's teacher keys (`model` is make_teacher's `model_dir`)."""
     args = {k: v for k, v in teacher_cfg.items() if k != "model"}
     return {**args, "model_dir": teacher_cfg["model"], "classes": list(classes)}
 
 
-def _actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrategy:
+def actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrategy:
     """No more replicas than shards (each would start an engine for nothing), and one shard in flight
     per replica: a shard queued behind a busy replica would wait while another one idles."""
     if isinstance(replicas, int):

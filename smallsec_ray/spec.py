@@ -343,11 +343,11 @@ class SyntheticSpec(Section):
     layouts: list[str] | None = Field(None, description="Templates (kind/layout, or a whole kind: storefront, "
                                       "social_login, checkout) of every family's pages; null: all those not in "
                                       "holdout_layouts.")
-    holdout_layouts: list[str] = Field(default_factory=list, description="Templates used only for held-out "
-                                       "families' extra pages: the stricter holdout (families and layouts never "
-                                       "seen in training).")
-    per_family: int = Field(40, ge=1, description="Candidate pages generated per family (and per family in "
-                            "holdout_layouts).")
+    holdout_layouts: list[str] = Field(default_factory=list, description="Templates never trained on: every "
+                                       "family also gets per_family pages in them, which give the stricter holdout "
+                                       "for held-out families (families and layouts never seen in training).")
+    per_family: int = Field(40, ge=1, description="Candidate pages generated per family (and as many again per "
+                            "family in holdout_layouts).")
     temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature of the generative teacher.")
     max_tokens: int = Field(64, ge=1, le=4096, description="Tokens the teacher writes per slot at most.")
     retries: int = Field(2, ge=0, description="Times a slot whose answer cannot fill it is asked again.")

@@ -65,10 +65,11 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     def result(stage: str) -> dict:
         return json.loads((out / stage / "manifest.json").read_text())["result"]
 
-    # Generation: every family in the training layouts, the held-out one also in the held-out layout.
+    # Generation: every family in the training layouts and in the held-out layout.
     generated = out / "generate"
     assert sorted(p.name for p in (generated / "candidates").glob("*.parquet")) == [
-        "bags.parquet", "bags.strict.parquet", "jewels.parquet", "tea.parquet"]
+        "bags.parquet", "bags.strict.parquet", "jewels.parquet", "jewels.strict.parquet", "tea.parquet",
+        "tea.strict.parquet"]
     families = result("filter")["families"]
     for f in families:  # every candidate accepted, or rejected with its reason
         rejected = pq.read_table(generated / "rejected" / f"{f['family']}.parquet")
@@ -81,15 +82,18 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
 
     evaluation = result("evaluate")
     holdouts = {(f["family"], f["holdout"]) for f in evaluation["families"]}
-    assert all(h in ("trained on", "held out, training layouts", "held out, layouts held out") for _, h in holdouts)
+    kinds = ("trained on", "trained on, layouts held out", "held out, training layouts", "held out, layouts held out")
+    assert {h for _, h in holdouts} <= set(kinds), holdouts
+    assert all(h.startswith("trained on") == (family != "bags") for family, h in holdouts), holdouts
     assert evaluation["gate"]["passed"], evaluation["gate"]  # tolerance 1: any change passes (tiny models)
     shipped = result("export")
     assert shipped["exported"] is not None and (out / shipped["shipped_model"] / "model.onnx").is_file()
     report = (out / "report.md").read_text()
     assert "Gate passed" in report and "| bags |" in report and "Generation" in report
 
-    # A training run that wrecks the model: the gate refuses it, production stays shipped. Only the stages
-    # after generation run again.
+    # A training run that wrecks the model, on another training split: the gate refuses it, production stays
+    # shipped. Generation does not depend on the split: only the stages after it run again.
+    spec["synthetic"]["train_families"] = ["tea"]
     spec["synthetic"]["training"] = {**spec["training"], "learning_rate": 5.0}
     spec["synthetic"]["tolerance"] = 0.0
     spec_path.write_text(yaml.safe_dump(spec))
@@ -97,6 +101,8 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     printed = capsys.readouterr().out
     kept = ("prepare", "production", "generate", "filter")
     assert all(f"{stage}: complete (ran" in printed for stage in kept), printed[-3000:]
+    assert ("jewels", "held out, training layouts") in {(f["family"], f["holdout"])
+                                                         for f in result("evaluate")["families"]}
     gate = result("evaluate")["gate"]
     assert not gate["passed"] and gate["reasons"], gate
     shipped = result("export")

@@ -29,7 +29,7 @@ from smallsec_ray import console
 from smallsec_ray.data.io import write_parquet_atomic
 from smallsec_ray.data.schema import ID, LABEL, REASON, TEXT
 from smallsec_ray.errors import StageError
-from smallsec_ray.labeling import _actor_pool, _teacher_args
+from smallsec_ray.labeling import actor_pool, teacher_args_for
 from smallsec_ray.synthetic.checks import check, visible_text
 from smallsec_ray.synthetic.dedup import drop_duplicates
 from smallsec_ray.synthetic.generate import Family, generate_pages
@@ -76,7 +76,7 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
     teachers; returns each family's generation figures (prompts, seconds), read back for done families.
     `params`: seed, temperature, max_tokens, retries (generate.generate_pages)."""
     device = "cuda" if gpus_per_replica > 0 else "cpu"
-    teacher_args = _teacher_args({**teacher_cfg, "device": device}, teacher_cfg["classes"])
+    teacher_args = teacher_args_for({**teacher_cfg, "device": device}, teacher_cfg["classes"])
     teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
     out = Path(out_dir) / CANDIDATES
     pending = [p for p in plans if not (out / f"{p.key}.parquet").is_file()]
@@ -84,7 +84,7 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
         items = ray.data.from_items([{"plan": json.dumps(asdict(p))} for p in pending],
                                     override_num_blocks=len(pending))
         written = items.map_batches(
-            FamilyWriter, batch_size=1, compute=_actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
+            FamilyWriter, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "per_family": per_family,
                                    "params": params})

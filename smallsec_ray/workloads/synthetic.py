@@ -4,12 +4,15 @@ existing production student further, and a gate refuses the new model if it got 
 prepare -> production -> generate -> filter -> train_student -> evaluate -> export -> report
 
 Rows: the real labelled rows (data.labelled, data.test) are prepared and split as in every workload; their
-test split is the *regression set*. Every family gets `per_family` generated pages in the training layouts;
-held-out families (not in synthetic.train_families) also get pages in synthetic.holdout_layouts, the
-stricter holdout. The production model is student.init_from, or, without one, a student trained here on the
-real training rows. The new model continues from it on the accepted pages of the training families (a fifth
-of them, by id hash, kept for validation) plus `replay_rows` real training rows, and picks its epoch on the
-real validation split plus those synthetic validation pages.
+test split is the *regression set*. Every family gets `per_family` generated pages in the training layouts
+and, with synthetic.holdout_layouts, `per_family` more in those layouts, which nothing trains on: for the
+held-out families (not in synthetic.train_families) that is the stricter holdout (family and layout never
+seen), for the training families a check of new layouts alone. Generation does not depend on which families
+train, so one generation serves several training splits. The production model is student.init_from, or,
+without one, a student trained here on the real training rows. The new model continues from it on the
+accepted pages of the training families (a fifth of them, by id hash, kept for validation) plus
+`replay_rows` real training rows, and picks its epoch on the real validation split plus those synthetic
+validation pages.
 """
 
 from __future__ import annotations
@@ -62,7 +65,7 @@ GATE_METRICS = ("accuracy", "roc_auc_macro", "macro_f1")
 
 
 def family_plans(spec: JobSpec) -> list[FamilyPlan]:
-    """Every family in the training layouts; held-out families also in the held-out layouts."""
+    """Every family in the training layouts, and in the held-out layouts when there are any."""
     syn = spec.synthetic
     holdout = [x.template for x in layouts(syn.holdout_layouts)] if syn.holdout_layouts else []
     main = [x.template for x in layouts(syn.layouts)] if syn.layouts else [
@@ -71,7 +74,7 @@ def family_plans(spec: JobSpec) -> list[FamilyPlan]:
     for f in syn.families:
         family = Family(f.name, f.description, f.label or spec.positive_class)
         plans.append(FamilyPlan(family, main))
-        if holdout and f.name not in train_families(spec):
+        if holdout:
             plans.append(FamilyPlan(family, holdout, part="strict"))
     return plans
 
@@ -229,13 +232,21 @@ def run_evaluate(ctx: StageContext, data: PreparedData, filtered: Filtered, prod
             continue
         scores = {name: score_student(folder, strings(rows, schema.TEXT))[:, positive]
                   for name, folder in models.items()}
-        families.append({"family": plan.family.name,
-                         "holdout": "trained on" if plan.family.name in trained_on else
-                         ("held out, layouts held out" if plan.part else "held out, training layouts"),
+        families.append({"family": plan.family.name, "holdout": holdout_kind(plan.family.name in trained_on, plan),
                          "pages": rows.num_rows, "templates": sorted(set(strings(rows, TEMPLATE))),
                          **{name: float(s.mean()) for name, s in scores.items()}})
     return Evaluation(gate(regression["production"], regression["new"], spec.synthetic.tolerance), families,
                       test.num_rows)
+
+
+HELD_OUT = "held out, training layouts"  # the published holdout: new families, layouts seen in training
+STRICT = "held out, layouts held out"  # the stricter one: new families in layouts never trained on
+
+
+def holdout_kind(trained: bool, plan: FamilyPlan) -> str:
+    if trained:
+        return "trained on, layouts held out" if plan.part else "trained on"
+    return STRICT if plan.part else HELD_OUT
 
 
 @dataclass
@@ -277,11 +288,13 @@ def run_report(ctx: StageContext, data: PreparedData, generation: Generation, fi
                               strings(val, schema.LABEL), spec.evaluation.fprs, groups)
                for name, folder in models.items()]
     g = evaluation.gate
-    held = [f for f in evaluation.families if f["holdout"] != "trained on"]
     summary = (f"Gate {'passed' if g.passed else 'FAILED'}: "
-               + ("the new model is exported." if g.passed else "; ".join(g.reasons) + "; production stays shipped.")
-               + (f" Held-out families: mean score {np.mean([f['production'] for f in held]):.3f} (production) -> "
-                  f"{np.mean([f['new'] for f in held]):.3f} (new)." if held else ""))
+               + ("the new model is exported." if g.passed else "; ".join(g.reasons) + "; production stays shipped."))
+    for kind, words in ((HELD_OUT, "Held-out families"), (STRICT, "in held-out layouts")):
+        held = [f for f in evaluation.families if f["holdout"] == kind]
+        if held:
+            summary += (f" {words}: mean score {np.mean([f['production'] for f in held]):.3f} (production) -> "
+                        f"{np.mean([f['new'] for f in held]):.3f} (new).")
     plot = _plot_families(ctx, evaluation.families)
     sections = [f"**{summary}**", _families_section(evaluation.families, plot),
                 _gate_section(g, spec.synthetic.tolerance), _generation_section(filtered, generation)]
@@ -344,7 +357,7 @@ def _plot_families(ctx: StageContext, families: list[dict]) -> str:
 
 
 GENERATION_KEYS = ("artifact", "classes", "positive_class", "teacher.kind", "teacher.model", "teacher.backend",
-                   "teacher.dtype", "synthetic.families", "synthetic.train_families", "synthetic.layouts",
+                   "teacher.dtype", "synthetic.families", "synthetic.layouts",
                    "synthetic.holdout_layouts", "synthetic.per_family", "synthetic.temperature",
                    "synthetic.max_tokens", "synthetic.retries", "synthetic.seed")
 FILTER_KEYS = ("synthetic.min_text_chars", "synthetic.near_duplicate", "synthetic.seed_similarity", "synthetic.seeds")
