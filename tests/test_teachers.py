@@ -49,6 +49,10 @@ VLLM_SCRIPT = textwrap.dedent("""
     teacher = make_teacher("generative", "vllm", causal_lm, classes, max_length=max_length)
     result["generative"], result["generative_truncated"] = teacher.probs_with_flags(texts)
     result["greedy"] = teacher.generate(["list the files", "download a file"], max_tokens=6, temperature=0.0)
+    # Seeded sampling of more prompt tokens than one engine step takes (the synthetic workload's batches).
+    prompts = [f"write the name of shop number {i} that sells " + "tea and cups " * 8 for i in range(600)]
+    result["seeded"] = teacher.generate(prompts, max_tokens=4, temperature=1.0, seed=list(range(600)))
+    result["seeded_again"] = teacher.generate(prompts[::-7], max_tokens=4, temperature=1.0, seed=list(range(600))[::-7])
     teacher.close()
     np.savez(out, **{k: np.asarray(v) for k, v in result.items()})
 """)
@@ -89,6 +93,12 @@ def test_vllm_label_token_matches_hugging_face(vllm_results, tiny_causal_lm):
     # Greedy generation is the same text on both backends.
     greedy = hf.generate(["list the files", "download a file"], max_tokens=6, temperature=0.0)
     assert greedy == vllm_results["greedy"].tolist()
+
+
+def test_vllm_seeded_sampling_of_a_large_batch_repeats_per_prompt(vllm_results):
+    seeded, again = vllm_results["seeded"].tolist(), vllm_results["seeded_again"].tolist()
+    assert again == seeded[::-7]  # the same seed gives the same text, whatever else is in the batch
+    assert len(set(seeded)) > 1
 
 
 def test_second_vllm_engine_in_one_process_is_refused(vllm_results):

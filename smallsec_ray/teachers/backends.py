@@ -375,6 +375,11 @@ class VllmLabelToken:
     """vLLM generation of one token, with the logprobs of exactly the label tokens."""
 
     def __init__(self, path: Path, dtype: str, max_model_len: int, label_ids: list[int], options: dict) -> None:
+        # No chunked prefill: a prompt split over two engine steps has its first sampled token discarded, and
+        # vLLM then rewinds the request's seeded generator, which a CPU generator cannot do ("CPU Generator
+        # does not use offset"): seeded generation of more prompts than one step holds would fail on the CPU.
+        # Each step's token budget must then hold a whole prompt.
+        options = {"enable_chunked_prefill": False, "max_num_batched_tokens": max(max_model_len, 8192), **options}
         self.llm = _start_vllm(path, dtype, max_model_len, max_logprobs=max(20, len(label_ids)), **options)
         self.label_ids = label_ids
 
