@@ -34,6 +34,11 @@ def test_model_answers_become_clean_slot_content():
     assert clean_slot("**Shop name:** Leaf & Kettle Tea Company", 40) == "Leaf & Kettle Tea Company"
     assert clean_slot("word " * 30, 20) == "word word word word"
     assert clean_slot("  \n ", 40) == ""
+    # Names and labels: the first clause only.
+    assert clean_slot("Petal Post! Available in various", 40, name=True) == "Petal Post"
+    assert clean_slot("Amber Necklace, Crystal Case, Spring Tulip Bunch.", 60, name=True) == "Amber Necklace"
+    assert clean_slot("Your password.", 30, name=True) == "Your password"
+    assert clean_slot("Leaf & Kettle - fine teas", 40, name=True) == "Leaf & Kettle"
     assert fill("<b>{{shop_name}}</b>", {"shop_name": "<Tea & Co>"}) == "<b>&lt;Tea &amp; Co&gt;</b>"
 
 
@@ -44,6 +49,11 @@ def test_answers_that_cannot_fill_a_slot_are_named():
     assert slot_problem("blurb_3", "SmolLM, a helpful AI assistant, is a kind AI") == "assistant_talk"
     assert slot_problem("shop_name", "") == "empty"
     assert slot_problem("shop_name", "Leaf & Kettle") is None
+    # A name copied from the prompt's examples (other shops') is asked again; labels may match theirs.
+    prompt = FIRST_PASS["product_1"].format(family="tea")
+    assert slot_problem("product_1", "Amber Soy Candle", prompt) == "copied_example"
+    assert slot_problem("product_1", "Jasmine Pearls", prompt) is None
+    assert slot_problem("email_label", "Email address", SECOND_PASS["email_label"]) is None
     assert slot_problem("about", "Leaf & Kettle blends tea by hand in small batches. It ships in a day.") is None
 
 

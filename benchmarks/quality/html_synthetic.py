@@ -66,10 +66,10 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, version: str) -> d
                  "columns": {"split": ["fixed_split"]}, "split": {"validation": 0.0, "test": 0.0, "seed": 0}},
         "teacher": {"kind": "generative", "model": "bundled:smollm2-135m-instruct", "backend": "vllm",
                     "finetune": {"enabled": False}},
-        "labeling": {"replicas": 1, "cpus_per_replica": 1.0},
+        "labeling": {"replicas": 1, "cpus_per_replica": 2.0},  # generation runs alone: both cores
         "synthetic": {"families": [{"name": n, "description": d} for n, d in FAMILIES],
                       "train_families": VERSIONS[version], "holdout_layouts": HOLDOUT_LAYOUTS,
-                      "per_family": args.per_family, "temperature": 0.8, "max_tokens": 48, "retries": 2, "seed": 0,
+                      "per_family": args.per_family, "temperature": 0.8, "max_tokens": 48, "retries": 4, "seed": 0,
                       "replay_rows": args.replay_rows, "tolerance": 0.005,
                       "training": {**fit, "epochs": args.continue_epochs, "learning_rate": args.continue_lr,
                                    "early_stopping_patience": 2}},
@@ -100,7 +100,7 @@ def slot_figures(run: Path) -> dict:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
-    p.add_argument("--per-family", type=int, default=24, help="candidate pages per family and layout set")
+    p.add_argument("--per-family", type=int, default=12, help="candidate pages per family and layout set")
     p.add_argument("--epochs", type=int, default=12, help="production model: maximum epochs")
     p.add_argument("--lr", type=float, default=1e-3, help="production model: peak learning rate")
     p.add_argument("--continue-epochs", type=int, default=4, help="V1, V2: maximum epochs of further training")

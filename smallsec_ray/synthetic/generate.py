@@ -18,7 +18,16 @@ from typing import Any
 
 import numpy as np
 
-from smallsec_ray.synthetic.templates import FIRST_PASS, SECOND_PASS, SLOT_CHARS, Layout, clean_slot, fill, slot_problem
+from smallsec_ray.synthetic.templates import (
+    FIRST_PASS,
+    SECOND_PASS,
+    SLOT_CHARS,
+    SLOT_WORDS,
+    Layout,
+    clean_slot,
+    fill,
+    slot_problem,
+)
 
 DEFAULT_SLOT_CHARS = 300
 
@@ -81,8 +90,8 @@ def generate_pages(teacher: Any, families: list[Family], layouts: list[Layout], 
             prompts += len(asks)
             again = []
             for (k, slot, prompt), answer in zip(asks, answers, strict=True):
-                value = clean_slot(answer, SLOT_CHARS.get(slot, DEFAULT_SLOT_CHARS))
-                problem = slot_problem(slot, value)
+                value = clean_slot(answer, SLOT_CHARS.get(slot, DEFAULT_SLOT_CHARS), name=slot in SLOT_WORDS)
+                problem = slot_problem(slot, value, prompt)
                 if problem is None:
                     values[k][slot] = value
                     unfilled[k].pop(slot, None)

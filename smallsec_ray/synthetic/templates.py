@@ -154,26 +154,32 @@ def layouts(names: list[str] | None = None) -> list[Layout]:
     return chosen
 
 
-def clean_slot(text: str, max_chars: int) -> str:
+def clean_slot(text: str, max_chars: int, name: bool = False) -> str:
     """A model's answer as slot content: its first non-empty line, without quotes, markdown or a leading
-    "Name:"; cut at a word boundary. Empty if nothing usable is left."""
+    "Name:"; for a name or a label (`name`) only its first clause ("Leaf & Kettle! Fine teas" -> "Leaf &
+    Kettle"); cut at a word boundary. Empty if nothing usable is left."""
     line = next((x.strip() for x in text.splitlines() if x.strip()), "")
     line = re.sub(r"^(#+|[-*•]|\d+[.)])\s+", "", line.replace("**", "").replace("__", ""))
     line = re.sub(r"^[A-Za-z][A-Za-z ]{0,24}:\s+", "", line)  # "Shop name: ..."
     line = line.strip(" \"'`“”‘’")
+    if name:
+        line = re.split(r"[:;,.!?()\[\]]|\s[-–—]\s", line, maxsplit=1)[0].strip(" \"'`“”‘’")
     if len(line) > max_chars:
         line = line[:max_chars].rsplit(" ", 1)[0].rstrip(",;:-")
     return line
 
 
-def slot_problem(slot: str, value: str) -> str | None:
-    """Why a cleaned answer cannot fill `slot` (None: it can): empty, too many words, or assistant talk."""
+def slot_problem(slot: str, value: str, prompt: str = "") -> str | None:
+    """Why a cleaned answer cannot fill `slot` (None: it can): empty, too many words, assistant talk, or (for
+    the names the first pass asks for) a copy of the prompt's own examples, which are other shops'."""
     if not value:
         return "empty"
     if len(value.split()) > SLOT_WORDS.get(slot, 10**6):
         return "too_long"
     if ASSISTANT_TALK.search(value):
         return "assistant_talk"
+    if slot in FIRST_PASS and value.lower() in prompt.lower():
+        return "copied_example"
     return None
 
 
