@@ -109,7 +109,8 @@ class Tracker:
         if self.first is not None and self.shown - self.first[0] > 1.0:
             rate = (self.rows - self.first[1]) / (self.shown - self.first[0])
             eta = f"ETA {(self.total_rows - self.rows) / rate:,.0f}s" if rate > 0 else "ETA n/a"
-            text += f", {rate:,.0f} rows/s, {eta}"
+            shown = f"{rate:,.0f}" if rate >= 10 else f"{rate:.2g}"  # generation: a few pages a minute
+            text += f", {shown} rows/s, {eta}"
         self.console.progress(text)
 
 
