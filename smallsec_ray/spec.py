@@ -350,7 +350,8 @@ class SyntheticSpec(Section):
                             "family in holdout_layouts).")
     temperature: float = Field(0.8, ge=0, le=5, description="Sampling temperature of the generative teacher.")
     max_tokens: int = Field(64, ge=1, le=4096, description="Tokens the teacher writes per slot at most.")
-    retries: int = Field(2, ge=0, description="Times a slot whose answer cannot fill it is asked again.")
+    retries: int = Field(4, ge=0, description="Times a slot whose answer cannot fill it is asked again (only "
+                         "that slot).")
     seed: int = Field(0, description="Seed of the sampling and of the prices and form targets.")
     min_text_chars: int = Field(200, ge=0, description="Visible text a page needs at least (HTML).")
     near_duplicate: float = Field(0.8, gt=0, le=1, description="Estimated Jaccard similarity of word 3-grams at "
