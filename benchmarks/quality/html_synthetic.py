@@ -226,9 +226,11 @@ def plot(results: dict, path: Path) -> None:
         ax.set_title(title, fontsize=10)
         ax.grid(axis="y", alpha=0.3)
     axes[0].set_ylabel("mean phishing score of the family's pages")
-    axes[0].legend(fontsize=8, title="hatched: trained on", title_fontsize=7)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=3, fontsize=8, title="hatched: the version trained on it",
+               title_fontsize=7)
     fig.suptitle("Generated storefront phishing pages: production vs further trained models", fontsize=11)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.12, 1, 1))
     fig.savefig(path)
 
 
