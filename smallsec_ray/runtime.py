@@ -14,6 +14,10 @@ import ray.data
 RUNTIME_ENV_VARS = {
     # Ray Data packs small Parquet files into 128 MiB read tasks: one task would label every shard.
     "RAY_DATA_PARQUET_BIN_PACKING_BYTES": str(1 << 20),
+    # Ray 2.60's new Parquet reader (datasource V2) spends 2-3 s listing files in every read, even of one
+    # local file (0.1 s with V1, measured in benchmarks/RESULTS.md): a student fit reads its rows several
+    # times. "1" turns V2 back on.
+    "RAY_DATA_USE_DATASOURCE_V2": "0",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
@@ -49,6 +53,9 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     started or joined Ray (False when it was up already).
     """
     apply_env_defaults()
+    # Ray Data read the variable when it was imported, perhaps before the defaults were set.
+    ray.data.DataContext.get_current().use_datasource_v2 = os.environ["RAY_DATA_USE_DATASOURCE_V2"].lower() in (
+        "1", "true")
     if ray.is_initialized():
         return False
     _quiet_ray_data()

@@ -149,6 +149,10 @@ class FitSpec(Section):
                                   "char students pad to max_length and gain nothing.")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
+    materialize: bool = Field(True, description="Read, filter and mix the training and validation rows once "
+                              "and keep them in Ray's object store for every epoch (it spills to disk when "
+                              "full); false streams them from the files again each epoch (rows far larger "
+                              "than the cluster's memory).")
     scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="Ray Train workers and strategy.")
 
 

@@ -363,12 +363,14 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model."""
     out_dir = Path(out_dir).resolve()
     scaling = training.scaling
+    if training.max_rows:
+        train_ds = train_ds.limit(training.max_rows)
+    if training.materialize:  # the files are read once, not once per epoch and per validation
+        train_ds, val_ds = train_ds.materialize(), val_ds.materialize()
     val_count = val_ds.count()
     if val_count < scaling.workers:
         raise StageError(f"{name}: {val_count} validation rows for {scaling.workers} workers; each worker "
                          "validates on its own share, so give at least one validation row per worker")
-    if training.max_rows:
-        train_ds = train_ds.limit(training.max_rows)
     train_count = train_ds.count()
     if train_count < scaling.workers:
         raise StageError(f"{name}: {train_count} training rows for {scaling.workers} workers; give more rows")

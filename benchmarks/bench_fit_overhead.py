@@ -1,0 +1,94 @@
+"""Where a short student fit spends its time, as the workloads run it: rows read from Parquet shards through
+Ray Data (read, select columns, filter a split), streamed again every epoch or materialized once, with
+Ray Data's Parquet reader V2 (Ray 2.60's default) or V1 (what `init_ray` sets).
+
+    .venv/bin/python benchmarks/bench_fit_overhead.py            # ~8 min on 2 cores
+    .venv/bin/python benchmarks/bench_fit_overhead.py --rows 1000 --epochs 2     # ~4 min
+
+One Ray instance for all four fits, in a fixed order after one warm-up fit, so that every fit finds
+Ray's worker processes in the same state. Per fit: the seconds of the whole call, the part before Ray
+Train starts (counting and, when on, materializing), the training time of the epochs and the last
+epoch's rate. Reads ../shared/data/cmdline (or --data) like bench_training.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+import ray
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from bench_training import CLASSES, DEFAULT_DATA, read_rows  # noqa: E402
+
+from smallsec_ray.runtime import init_ray  # noqa: E402
+from smallsec_ray.spec import StudentSpec, TrainingSpec  # noqa: E402
+from smallsec_ray.training.trainer import train_student  # noqa: E402
+from smallsec_ray.workloads.common import dataset  # noqa: E402
+
+
+def write_shards(folder: Path, rows: int, data: Path) -> list[str]:
+    """Two shards of real command lines in the prepared-shard layout: text, label, split (a tenth of
+    the rows validation)."""
+    frame = read_rows(data, rows + rows // 10)
+    frame["split"] = ["validation" if i % 11 == 10 else "train" for i in range(len(frame))]
+    frame["id"] = [f"r{i}" for i in range(len(frame))]
+    paths = []
+    for k, part in enumerate((frame.iloc[::2], frame.iloc[1::2])):
+        path = folder / f"part-{k}.parquet"
+        pq.write_table(pa.Table.from_pandas(part[["id", "text", "label", "split"]], preserve_index=False), path)
+        paths.append(str(path))
+    return paths
+
+
+def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int) -> dict:
+    ray.data.DataContext.get_current().use_datasource_v2 = v2
+    training = TrainingSpec(epochs=epochs, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
+                            materialize=materialize,
+                            scaling={"strategy": "ddp", "workers": 2, "cpus_per_worker": 1.0})
+    train, val = dataset(paths, "train", with_probs=False), dataset(paths, "validation", with_probs=False)
+    with tempfile.TemporaryDirectory() as out:
+        started = time.perf_counter()
+        result = train_student(training, StudentSpec(preset="small", max_length=128), CLASSES, train, val, out)
+        seconds = time.perf_counter() - started
+    epochs_s = sum(e["train_seconds"] for e in result.epochs)
+    return {"reader": "V2" if v2 else "V1", "rows": "materialized" if materialize else "streamed every epoch",
+            "fit_s": round(seconds, 1), "epochs_train_s": round(epochs_s, 1),
+            "last_epoch_rows_per_s": round(result.epochs[-1]["samples_per_s"]),
+            "outside_training_s": round(seconds - epochs_s, 1)}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rows", type=int, default=3000, help="training rows (a tenth more for validation)")
+    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    args = parser.parse_args()
+    init_ray(num_cpus=4)
+    with tempfile.TemporaryDirectory() as folder:
+        paths = write_shards(Path(folder), args.rows, args.data)
+        one_fit(paths, v2=False, materialize=True, epochs=1)  # warm-up: worker processes, imports
+        table = [one_fit(paths, v2, materialize, args.epochs)
+                 for v2, materialize in [(True, False), (True, True), (False, False), (False, True)]]
+    base = table[0]["fit_s"]
+    print(f"\nchar_cnn/small, {args.rows:,} training rows, {args.epochs} epochs, DDP 2 workers x 32 rows, "
+          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| Parquet reader | rows | fit s | vs V2 streamed | training s (epochs) | outside training s | "
+          "last epoch rows/s |")
+    print("|---|---|---:|---:|---:|---:|---:|")
+    for r in table:
+        print(f"| {r['reader']} | {r['rows']} | {r['fit_s']} | {base / r['fit_s']:.2f}x faster | "
+              f"{r['epochs_train_s']} | {r['outside_training_s']} | {r['last_epoch_rows_per_s']:,} |")
+    print(json.dumps(table))
+
+
+if __name__ == "__main__":
+    main()
