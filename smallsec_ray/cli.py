@@ -28,7 +28,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
     spec = load_job(args.spec, check_files=not args.skip_file_checks)
     stages = stages_for(spec)
-    print(json.dumps(spec.model_dump(mode="json"), indent=2))
+    print(json.dumps(spec.public_dump(), indent=2))
     print(f"\n{args.spec}: valid. Workload {spec.workload}: stages " + " -> ".join(s.name for s in stages),
           file=sys.stderr)
     return 0

@@ -61,7 +61,7 @@ def run_job(spec: JobSpec, force_from: str | None = None, until: str | None = No
     stages = stages_for(spec)
     run_dir = Path(spec.output).resolve()
     run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "spec.resolved.json").write_text(json.dumps(spec.model_dump(mode="json"), indent=2))
+    (run_dir / "spec.resolved.json").write_text(json.dumps(spec.public_dump(), indent=2))
     with console.job_console(run_dir) as out:
         where = "" if console.verbose() else f", log {run_dir / console.LOG_FILE}"
         out.line(f"job {spec.name!r}: workload {spec.workload}, {len(stages)} stages, output {run_dir}{where}")

@@ -15,7 +15,7 @@ from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, ValidationError, field_validator, model_validator
 
 from smallsec_ray.errors import SpecError
 
@@ -23,7 +23,7 @@ from smallsec_ray.errors import SpecError
 class Section(BaseModel):
     """Base of every spec section: strict keys, no coercion between unrelated types."""
 
-    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True)
+    model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
 PathList = Annotated[list[str], Field(default_factory=list)]
@@ -423,6 +423,33 @@ class JobSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
+    _secrets: dict[str, str] = PrivateAttr(default_factory=dict)  # value -> name of secret ${VARS} it expanded
+
+    def public_dump(self) -> dict[str, Any]:
+        """The spec as JSON values, for files and the console: every secret variable's value (a name with
+        TOKEN, SECRET, PASSWORD, KEY or CREDENTIAL in it) put back as its ${NAME} reference."""
+        def mask(value: Any) -> Any:
+            if isinstance(value, str):
+                for secret, name in self._secrets.items():
+                    value = value.replace(secret, f"${{{name}}}")
+                return value
+            if isinstance(value, dict):
+                return {k: mask(v) for k, v in value.items()}
+            return [mask(v) for v in value] if isinstance(value, list) else value
+        return mask(self.model_dump(mode="json"))
+
+    @field_validator("output")
+    @classmethod
+    def _output_is_a_run_folder(cls, value: str) -> str:
+        if not value.strip():
+            raise ValueError("is empty; name a folder for the run, e.g. runs/my-job")
+        if URI.match(value):
+            return value
+        path = Path(value).expanduser().resolve()
+        if len(path.parts) < 3 or path == Path.home():
+            raise ValueError(f"{value!r} is {path}: a run writes and deletes its stage folders there; name a "
+                             "folder of its own, e.g. runs/my-job")
+        return value
 
     @model_validator(mode="after")
     def _classes_consistent(self) -> JobSpec:
@@ -513,25 +540,66 @@ def _value_at(dump: dict, key: str) -> Any:
 URI = re.compile(r"^[a-zA-Z][a-zA-Z0-9+.-]*://")
 
 
-def _expand_env(value: Any) -> Any:
-    """Expands ${VAR} and ${VAR:-default} in strings, so one spec can point at data by environment."""
+SECRET_NAME = re.compile(r"TOKEN|SECRET|PASSW(OR)?D|CREDENTIAL|(^|_)KEY($|_)", re.IGNORECASE)
+MAX_SPEC_VALUES = 100_000  # keys, items and values of a spec with its YAML aliases expanded
+
+
+def _expand_env(value: Any, source: str = "spec", key: str = "", secrets: dict[str, str] | None = None) -> Any:
+    """Expands ${VAR} and ${VAR:-default} in strings, so one spec can point at data by environment; the values
+    of secret-looking variables go into `secrets` (value -> name) so that they can be masked again."""
+    secrets = {} if secrets is None else secrets
     if isinstance(value, str):
         def repl(m: re.Match) -> str:
             if m.group(1) in os.environ:
+                if SECRET_NAME.search(m.group(1)) and os.environ[m.group(1)]:
+                    secrets[os.environ[m.group(1)]] = m.group(1)
                 return os.environ[m.group(1)]
             if m.group(2) is not None:
                 return m.group(2)
-            raise SpecError(f"environment variable {m.group(1)} is not set and has no default "
-                            f"(write ${{{m.group(1)}:-DEFAULT}} to give one)")
+            raise SpecError(f"{source}: {key or '(top level)'}: environment variable {m.group(1)} is not set and "
+                            f"has no default (set it, or write ${{{m.group(1)}:-DEFAULT}} to give one)")
         return _ENV_VAR.sub(repl, value)
     if isinstance(value, dict):
-        return {k: _expand_env(v) for k, v in value.items()}
+        return {k: _expand_env(v, source, f"{key}.{k}" if key else str(k), secrets) for k, v in value.items()}
     if isinstance(value, list):
-        return [_expand_env(v) for v in value]
+        return [_expand_env(v, source, f"{key}[{i}]", secrets) for i, v in enumerate(value)]
     return value
 
 
-def _format_errors(err: ValidationError, source: str) -> str:
+def _check_size(raw: Any, source: str) -> None:
+    """Refuses a spec whose YAML aliases expand to more than MAX_SPEC_VALUES values (an alias bomb: a few
+    hundred bytes that would fill the memory); stops counting at the limit."""
+    count, todo = 0, [raw]
+    while todo:
+        value = todo.pop()
+        count += 1
+        if count > MAX_SPEC_VALUES:
+            raise SpecError(f"{source}: the spec expands to more than {MAX_SPEC_VALUES:,} keys and values (YAML "
+                            "aliases repeated inside aliases?); write the values out, or use fewer aliases")
+        if isinstance(value, dict):
+            todo.extend(value.values())
+        elif isinstance(value, list):
+            todo.extend(value)
+
+
+class _SpecLoader(yaml.SafeLoader):
+    """safe_load, except that a key given twice in one mapping is an error: a second `training:` block would
+    otherwise replace the first, and its other keys fall back to defaults unnoticed."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict:
+        seen: dict[Any, int] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if isinstance(key, str) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} is given twice in this mapping (first on line {seen[key] + 1}); "
+                    "keep one", key_node.start_mark)
+            if isinstance(key, str):
+                seen[key] = key_node.start_mark.line
+        return super().construct_mapping(node, deep=deep)
+
+
+def _format_errors(err: ValidationError, source: str, secrets: dict[str, str]) -> str:
     lines = [f"{source}: {err.error_count()} error(s) in the job spec"]
     for e in err.errors():
         path = ".".join(str(p) for p in e["loc"]) or "(top level)"
@@ -544,6 +612,8 @@ def _format_errors(err: ValidationError, source: str) -> str:
             msg = "required key is missing"
         elif "input" in e and e["type"] not in ("value_error",):
             msg = f"{msg} (got {e['input']!r})"
+        for secret, name in secrets.items():
+            msg = msg.replace(secret, f"${{{name}}}")
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
 
@@ -576,10 +646,14 @@ def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
     Whether the files it names exist is checked where they are read (smallsec_ray.job.check_inputs)."""
     if not isinstance(raw, dict):
         raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {type(raw).__name__}")
+    _check_size(raw, source)
+    secrets: dict[str, str] = {}
     try:
-        return JobSpec.model_validate(_expand_env(raw))
+        spec = JobSpec.model_validate(_expand_env(raw, source, secrets=secrets))
     except ValidationError as err:
-        raise SpecError(_format_errors(err, source)) from None
+        raise SpecError(_format_errors(err, source, secrets)) from None
+    spec._secrets = secrets
+    return spec
 
 
 def load_spec(path: str | Path) -> JobSpec:
@@ -588,7 +662,10 @@ def load_spec(path: str | Path) -> JobSpec:
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8"))
+        raw = yaml.load(path.read_text(encoding="utf-8"), Loader=_SpecLoader)
+    except UnicodeDecodeError as err:
+        raise SpecError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
+                        "a job spec is a YAML text file: save it as UTF-8") from None
     except yaml.YAMLError as err:
         raise SpecError(f"{path}: not valid YAML: {err}") from None
     return parse_spec(raw, str(path))

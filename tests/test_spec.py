@@ -194,3 +194,68 @@ def test_synthetic_keys_are_checked(shard, tmp_path):
     assert parse_spec({**syn, "student": {"model": "html_hier"}}).student.init_from is None  # trained here
     assert "label is not one of classes" in errors_of(
         {**syn, "synthetic": {"families": [*families, {"name": "x", "description": "y", "label": "malware"}]}})
+
+
+def test_a_yaml_alias_bomb_is_refused_before_it_fills_the_memory(tmp_path):
+    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
+    for k in "bcdefghi":
+        previous = lines[-1].split("&")[1].split()[0]
+        lines.append(f"{k}: &{k} [" + ", ".join(f"*{previous}" for _ in range(9)) + "]")
+    path = tmp_path / "bomb.yaml"
+    path.write_text("\n".join(lines) + "\nname: t\n")
+    with pytest.raises(SpecError, match=r"bomb.yaml: the spec expands to more than 100,000"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("content", [b"name: t\x00\xff\xfe\n", "name: caf\xe9\n".encode("latin-1")])
+def test_a_binary_or_latin1_spec_names_the_file_and_the_byte(tmp_path, content):
+    path = tmp_path / "job.yaml"
+    path.write_bytes(content)
+    with pytest.raises(SpecError, match=r"job.yaml: not UTF-8 text \(byte \d+ is .*save it as UTF-8"):
+        load_spec(path)
+
+
+def test_a_key_given_twice_is_an_error_with_its_lines(tmp_path, shard):
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal(shard)) + "training:\n  epochs: 3\ntraining:\n  batch_size: 8\n")
+    with pytest.raises(SpecError, match=r"key 'training' is given twice in this mapping \(first on line \d+\)"):
+        load_spec(path)
+
+
+@pytest.mark.parametrize("key", ["training", "distillation"])
+def test_infinite_and_nan_numbers_are_refused(shard, key):
+    field = {"training": "learning_rate", "distillation": "temperature"}[key]
+    for value in (float("inf"), float("nan")):
+        with pytest.raises(SpecError, match=rf"{key}.{field}: Input should be a finite number"):
+            parse_spec(minimal(shard, **{key: {field: value}}))
+
+
+@pytest.mark.parametrize("output", ["/", "", "  ", "../../../../../../../../etc", "~"])
+def test_an_output_at_the_root_a_system_folder_or_home_is_refused(shard, output):
+    with pytest.raises(SpecError, match=r"output: .*(is empty|a folder of its own)"):
+        parse_spec(minimal(shard, output=output))
+
+
+def test_an_unset_variable_names_the_key_and_the_file(shard, monkeypatch):
+    monkeypatch.delenv("SMALLSEC_TEST_UNSET", raising=False)
+    raw = minimal(shard, data={"labelled": [str(shard), "${SMALLSEC_TEST_UNSET}/x.jsonl"]})
+    with pytest.raises(SpecError, match=r"job.yaml: data.labelled\[1\]: environment variable SMALLSEC_TEST_UNSET"):
+        parse_spec(raw, "job.yaml")
+
+
+def test_secret_variables_are_masked_in_what_validate_prints_and_the_run_writes(tmp_path, shard, monkeypatch, capsys):
+    monkeypatch.setenv("SMALLSEC_TEST_TOKEN", "s3cr3t-value")
+    monkeypatch.setenv("SMALLSEC_TEST_BUCKET", "my-bucket")
+    raw = minimal(shard, output="runs/t", data={"labelled": ["s3://${SMALLSEC_TEST_BUCKET}/x.jsonl?token=${SMALLSEC_TEST_TOKEN}"]})
+    spec = parse_spec(raw)
+    assert spec.data.labelled == ["s3://my-bucket/x.jsonl?token=s3cr3t-value"]  # the run uses the value
+    assert spec.public_dump()["data"]["labelled"] == ["s3://my-bucket/x.jsonl?token=${SMALLSEC_TEST_TOKEN}"]
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    assert main(["validate", str(path), "--skip-file-checks"]) == 0
+    out = capsys.readouterr()
+    assert "s3cr3t-value" not in out.out + out.err and "${SMALLSEC_TEST_TOKEN}" in out.out
+    bad = dict(raw, training={"epochs": "${SMALLSEC_TEST_TOKEN}"})
+    with pytest.raises(SpecError) as err:
+        parse_spec(bad)
+    assert "s3cr3t-value" not in str(err.value) and "${SMALLSEC_TEST_TOKEN}" in str(err.value)
