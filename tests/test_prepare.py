@@ -37,7 +37,8 @@ def test_a_given_split_holds_for_its_whole_group_and_tool_columns_do_not_collide
         {"text": "whoami /all", "label": "malicious", "group": "g1", "fixed_split": "validation", "probs": "x"},
         {"text": "whoami /priv", "label": "malicious", "group": "g1", "probs": "y"},  # its group's split
         {"text": "ls -la", "label": "benign", "group": "g2", "fixed_split": "train", "probs": "z"},
-        {"text": "cat notes", "label": "benign", "group": "g3", "fixed_split": "later"},  # not a split
+        {"text": "cat notes", "label": "benign", "group": "g3", "fixed_split": "later", "reason": "r",
+         "split": "test"},  # not a split; the user's own reason and split columns
     ])
     noisy = write_jsonl(tmp_path / "noisy.jsonl", [{"text": f"echo {i}", "label": "benign", "group": f"n{i}"}
                                                    for i in range(5)])
@@ -50,6 +51,10 @@ def test_a_given_split_holds_for_its_whole_group_and_tool_columns_do_not_collide
     # The user's own "probs" column is kept, renamed: it must not pass for the teacher's probabilities.
     assert "probs" not in rows.column_names
     assert pc.count(rows["input_probs"]).as_py() == 3
+    # So are "reason" and "split": the quarantined row keeps both beside the tool's own.
+    quarantine = pq.read_table(tmp_path / "run" / data.parts["labelled"].quarantine[0])
+    assert quarantine["input_reason"].to_pylist() == ["r"] and quarantine["input_split"].to_pylist() == ["test"]
+    assert quarantine["reason"].to_pylist()[0].startswith("split 'later' is not one of")
 
 
 def test_a_group_given_two_splits_is_an_error_naming_it(ray_local, tmp_path):
