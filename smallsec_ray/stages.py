@@ -96,13 +96,12 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
                         and started.get("fingerprint") == fingerprint)
             why = "resuming" if resuming else _why(old or started, reads, inputs, forcing)
             if stage_dir.exists() and not resuming:
-                shutil.rmtree(stage_dir)
+                _remove_stale(stage_dir)
             echo(f"{tag}: running{f' ({why})' if why else ''} - {stage.about}")
             args = {arg: results[source] for arg, source in stage.inputs.items()}
             ctx = StageContext(spec, run_dir, stage_dir, {s: run_ids[s] for s in stage.inputs.values()})
             old = _run_one(stage, ctx, fingerprint, reads, inputs, args)
-            rows = _total_rows(old["result"])
-            echo(f"{tag}: done in {old['seconds']:.1f}s" + (f" ({rows.summary()})" if rows else ""))
+            echo(f"{tag}: done in {old['seconds']:.1f}s" + _rows_note(old["result"], stage_dir))
         results[stage.name] = TypeAdapter(stage.result_type).validate_python(old["result"])
         run_ids[stage.name] = old["run_id"]
         if stage.name == until:
@@ -193,9 +192,32 @@ def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str,
     return manifest
 
 
-def _total_rows(result: dict) -> RowCounts | None:
+def _rows_note(result: dict, stage_dir: Path) -> str:
+    """" (rows in 20, out 18, quarantined 2; 7 files skipped ...)" for a stage result with row counts."""
     rows = result.get("rows") if isinstance(result, dict) else None
-    return RowCounts(**rows) if isinstance(rows, dict) else None
+    note = RowCounts(**rows).summary() if isinstance(rows, dict) else ""
+    skipped = result.get("files_skipped") if isinstance(result, dict) else None
+    if skipped:
+        note += (f"; {len(skipped)} file(s) skipped as unreadable, their rows not counted above (which and why: "
+                 f"{stage_dir / MANIFEST})")
+    return f" ({note.lstrip('; ')})" if note else ""
+
+
+def _remove_stale(stage_dir: Path) -> None:
+    """Deletes a stage folder this tool wrote so that the stage runs afresh. A folder of that name without the
+    tool's started.json, or with files added after the stage finished (a user's notes), is refused instead."""
+    if not (stage_dir / STARTED).is_file() and any(stage_dir.iterdir()):
+        raise StageError(f"{stage_dir} holds files this tool did not write (no {STARTED}), and the stage would "
+                         "replace it; move them, or give the job another output folder")
+    manifest = stage_dir / MANIFEST
+    if manifest.is_file():
+        finished = manifest.stat().st_mtime + 1.0
+        added = [p for p in stage_dir.rglob("*") if p.is_file() and p.stat().st_mtime > finished]
+        if added:
+            names = ", ".join(str(p.relative_to(stage_dir)) for p in added[:3]) + (" ..." if len(added) > 3 else "")
+            raise StageError(f"{stage_dir} holds {len(added)} file(s) added after the stage finished ({names}), and "
+                             "the stage is about to run again and replace the folder; move them out first")
+    shutil.rmtree(stage_dir)
 
 
 def _iso(t: float) -> str:

@@ -218,6 +218,24 @@ def test_csv_bad_rows_are_quarantined_and_the_rest_read(tmp_path):
     }
 
 
+@pytest.mark.parametrize("closing", [False, True])
+def test_csv_an_unclosed_quote_does_not_swallow_the_lines_after_it(tmp_path, closing):
+    """The quote on line 3 never closes (or closes on line 5 inside another field): the rows after it are
+    read on their own, and every line is counted."""
+    path = tmp_path / "urls.csv"
+    last = 'https://e.test/,"malicious"\n' if closing else "https://e.test/,malicious\n"
+    path.write_text('url,label\nhttps://a.test/,benign\n"https://b.test/,benign\nhttps://c.test/,benign\n'
+                    "https://d.test/,malicious\n" + last)
+    result = read_shard(str(path), Columns(text=["url"]), classes=CLASSES)
+
+    assert result.rows_in == 5 and _accounted(result)
+    assert result.good.column("text").to_pylist() == ["https://a.test/", "https://c.test/", "https://d.test/",
+                                                       "https://e.test/"]
+    assert result.good.column("id").to_pylist() == ["urls.csv:2", "urls.csv:4", "urls.csv:5", "urls.csv:6"]
+    [(row_id, reason)] = _reasons(result).items()
+    assert row_id == "urls.csv:3" and reason.startswith("line 3: a quote opened here does not close properly")
+
+
 def test_max_rows_counts_bad_rows_too(tmp_path):
     path = tmp_path / "few.jsonl"
     path.write_bytes(b'{"text": "a"}\nnot json\n{"text": "b"}\n{"text": "c"}\n')

@@ -3,6 +3,7 @@ read it (and those that take their results), --from reruns, rows add up, results
 
 import dataclasses
 import json
+import os
 import types
 import typing
 from dataclasses import dataclass
@@ -194,3 +195,41 @@ def test_editing_one_key_reruns_only_the_stages_it_affects(spec, edit, rerun):
     calls.clear()
     run_stages(edited, stand_ins(calls), Path(spec.output), echo=quiet)
     assert calls == rerun
+
+
+def test_a_rerun_never_deletes_files_the_tool_did_not_write(spec):
+    run_dir = Path(spec.output)
+    calls: list[str] = []
+    run_stages(spec, recording_stages(calls), run_dir, echo=quiet)
+    notes = run_dir / "b" / "notes.txt"
+    notes.write_text("my notes")
+    later = (run_dir / "b" / "manifest.json").stat().st_mtime + 5
+    os.utime(notes, (later, later))
+    changed = spec.model_copy(update={"student": spec.student.model_copy(update={"preset": "tiny"})})
+    with pytest.raises(StageError, match=r"b holds 1 file\(s\) added after the stage finished \(notes.txt\)"):
+        run_stages(changed, recording_stages(calls), run_dir, echo=quiet)
+    assert notes.read_text() == "my notes"
+
+    (run_dir / "c").rename(run_dir / "c-mine")  # a folder named like a stage, not written by the tool
+    (run_dir / "c").mkdir()
+    (run_dir / "c" / "data.csv").write_text("x")
+    notes.unlink()
+    with pytest.raises(StageError, match=r"c holds files this tool did not write \(no started.json\)"):
+        run_stages(changed, recording_stages(calls), run_dir, echo=quiet)
+    assert (run_dir / "c" / "data.csv").exists()
+
+
+@dataclass
+class Read:
+    rows: RowCounts
+    files_skipped: list[str]
+
+
+def test_skipped_files_are_named_in_the_stage_line(spec):
+    def read(ctx: StageContext) -> Read:
+        return Read(RowCounts(20, 20, 0), ["bad-1.parquet", "bad-2.parquet"])
+
+    lines: list[str] = []
+    run_stages(spec, [Stage("prepare", read, reads=("data",))], Path(spec.output), echo=lines.append)
+    assert any("(rows in 20, out 20, quarantined 0; 2 file(s) skipped as unreadable, their rows not counted above"
+               in line for line in lines)

@@ -292,28 +292,63 @@ def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None
     # surrogateescape keeps undecodable bytes inside the fields, so one bad row is found and set aside.
     with io.TextIOWrapper(_open_stream(fs, fs_path, path), encoding="utf-8-sig",
                           errors="surrogateescape", newline="") as text:
-        reader = csv.reader(text)
+        lines = _RecordedLines(text)
+        # strict: a quote that never closes is an error, not a field that swallows every line after it.
+        reader = csv.reader(lines, strict=True)
         header = next((row for row in reader if row), None)
         _check_csv_header(header, path)
         rows, row_numbers, failures = [], [], []
         line_no = reader.line_num
-        for row in reader:
-            start, line_no = line_no + 1, reader.line_num
-            if not row:
-                continue
-            if max_rows is not None and len(rows) + len(failures) >= max_rows:
+        while max_rows is None or len(rows) + len(failures) < max_rows:
+            lines.current = []
+            start = line_no + 1
+            try:
+                row = next(reader)
+            except StopIteration:
                 break
-            reason = _csv_row_problem(row, header)
-            if reason is None:
-                rows.append(row)
-                row_numbers.append(start)
-            else:
-                raw = ",".join(row).encode("utf-8", errors="surrogateescape")
-                failures.append((start, f"line {start}: {reason}", _raw_text(raw)))
+            except csv.Error as err:  # the row's lines are read again one by one; the first is set aside
+                first, *rest = lines.current or [""]
+                failures.append((start, f"line {start}: a quote opened here does not close properly ({err}); the "
+                                 "lines after it are read on their own", _raw_text(first.encode("utf-8",
+                                                                                                 "surrogateescape"))))
+                for number, line in enumerate(rest, start + 1):
+                    _add_csv_row(next(csv.reader([line]), []), number, header, rows, row_numbers, failures)
+                line_no = reader.line_num
+                continue
+            line_no = reader.line_num
+            _add_csv_row(row, start, header, rows, row_numbers, failures)
     # An empty CSV field means "no value" (an unlabelled row, an absent id), as in pandas and pyarrow.
     table = pa.table({name: pa.array([row[i] or None for row in rows], pa.string())
                       for i, name in enumerate(header)})
     return _Parsed(table, row_numbers, failures)
+
+
+class _RecordedLines:
+    """The lines of a text stream, the ones of the current CSV record kept in `current`."""
+
+    def __init__(self, text: IO[str]):
+        self.text, self.current = text, []
+
+    def __iter__(self) -> _RecordedLines:
+        return self
+
+    def __next__(self) -> str:
+        line = next(self.text)
+        self.current.append(line)
+        return line
+
+
+def _add_csv_row(row: list[str], line: int, header: list[str], rows: list, row_numbers: list[int],
+                 failures: list) -> None:
+    if not row:
+        return
+    reason = _csv_row_problem(row, header)
+    if reason is None:
+        rows.append(row)
+        row_numbers.append(line)
+    else:
+        raw = ",".join(row).encode("utf-8", errors="surrogateescape")
+        failures.append((line, f"line {line}: {reason}", _raw_text(raw)))
 
 
 def _check_csv_header(header: list[str] | None, path: str) -> None:
