@@ -171,15 +171,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except SmallsecError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except Exception as err:  # Ray wraps errors raised in tasks; show ours as messages too
+    except Exception as err:
+        # Ray wraps errors raised in tasks (a RayTaskError that is also a DataError prints the remote
+        # traceback as its message): ours are shown as their one-line message.
         cause = getattr(err, "cause", None)
-        if isinstance(cause, SmallsecError):
-            print(f"error: {cause}", file=sys.stderr)
-            return 2
-        raise
+        message = cause if isinstance(cause, SmallsecError) else err
+        if not isinstance(message, SmallsecError):
+            raise
+        print(f"error: {message}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

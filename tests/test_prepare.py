@@ -65,3 +65,21 @@ def test_a_group_given_two_splits_is_an_error_naming_it(ray_local, tmp_path):
     with pytest.raises(Exception, match="group 'g1' has rows in split 'train' and in split 'validation'") as err:
         prepare(tmp_path, labelled, noisy)
     assert isinstance(err.value, DataError) or isinstance(getattr(err.value, "cause", None), DataError)
+
+
+def test_a_truncated_parquet_stops_the_run_with_one_line_naming_it(ray_local, tmp_path, capsys):
+    from smallsec_ray.cli import main
+
+    good = tmp_path / "good.parquet"
+    pq.write_table(pa.table({"text": ["ls"] * 500, "label": ["benign"] * 500}), good)
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(good.read_bytes()[:200])
+    spec = tmp_path / "job.yaml"
+    spec.write_text(json.dumps({"name": "t", "workload": "distill", "artifact": "cmdline",
+                                "data": {"labelled": [str(good), str(cut)], "on_bad_file": "error"},
+                                "output": str(tmp_path / "run")}))
+    assert main(["run", str(spec), "--until", "prepare"]) == 2
+    err = capsys.readouterr().err
+    [line] = [x for x in err.splitlines() if x.startswith("error:")]
+    assert f"error: {cut}: cannot read it as parquet" in line and "on_bad_file: skip" in line
+    assert "\x1b[" not in err and "Traceback" not in err and "ray::" not in err
