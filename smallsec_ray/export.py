@@ -11,12 +11,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import gzip
 import json
 import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -108,14 +110,24 @@ class OnnxScorer:
         self.classes = list(config.classes)
         self.thresholds = dict(config.thresholds)
         try:
+            _check_encoder_size(config.encoder)
             self.encoder = encoder_from_config(config.encoder)
             self._threshold_columns = [(self.classes.index(c), float(t)) for c, t in self.thresholds.items()]
-        except ValueError as err:
-            raise DataError(f"{model_dir}: its config does not hold together ({err}); export it again") from None
+        except (ValueError, KeyError, TypeError) as err:
+            raise DataError(f"{model_dir / 'config.json'}: its config does not hold together ({err}); export the "
+                            "model again") from None
+        if Path(config.onnx.file).name != config.onnx.file or config.onnx.file in ("", ".", ".."):
+            raise DataError(f"{model_dir / 'config.json'}: onnx.file {config.onnx.file!r} is not a file name inside "
+                            "the model folder; export the model again")
         onnx_path = model_dir / config.onnx.file
         if not onnx_path.is_file():
             raise DataError(f"{onnx_path}: missing; the exported student folder is incomplete, export again")
-        self.session = _session(onnx_path, intra_op_num_threads)
+        try:
+            self.session = _session(onnx_path, intra_op_num_threads)
+        except Exception as err:  # ONNX Runtime raises its own Fail / InvalidProtobuf / ... classes
+            first = str(err).strip().splitlines()[0][:200] if str(err).strip() else type(err).__name__
+            raise DataError(f"{onnx_path}: ONNX Runtime cannot load it ({first}); the file is damaged or not an "
+                            "export of this tool: export the model again") from None
         self.batch_size = batch_size
 
     def predict_proba(self, texts: Sequence[str]) -> np.ndarray:
@@ -131,6 +143,20 @@ class OnnxScorer:
             detected |= probs[:, column] >= threshold
         return [Score(self.classes[int(row.argmax())], dict(zip(self.classes, row.tolist(), strict=True)),
                       bool(hit)) for row, hit in zip(probs, detected, strict=True)]
+
+
+MAX_ENCODER_LENGTH = 1 << 16  # characters or tokens; the shipped presets use 512 at most
+
+
+def _check_encoder_size(encoder: dict) -> None:
+    """Refuses encoder sizes no trained student has (encoder.max_length: 1e9 would allocate 22 GiB per batch)."""
+    for key in ("max_length", "max_tokens"):
+        value = encoder.get(key)
+        if value is not None and not (isinstance(value, int) and 1 <= value <= MAX_ENCODER_LENGTH):
+            raise ValueError(f"encoder.{key} is {value!r}, not a whole number from 1 to {MAX_ENCODER_LENGTH:,}")
+    buckets = encoder.get("hash_buckets")
+    if buckets is not None and not (isinstance(buckets, int) and 1 <= buckets <= 1 << 24):
+        raise ValueError(f"encoder.hash_buckets is {buckets!r}, not a whole number from 1 to {1 << 24:,}")
 
 
 def _in_batches(probabilities: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
@@ -165,38 +191,77 @@ def _check_export_args(model: nn.Module, config: ModelConfig, parity_texts: Sequ
                          "ONNX graph can be checked against torch")
 
 
+@dataclass
+class ScoreInput:
+    """The artifacts of a file to score, each with where it came from (`key` "line" or "id"), and the rows
+    that cannot be scored with the reason."""
+
+    key: str
+    refs: list  # line numbers (text files) or row ids (shards)
+    texts: list[str]
+    unreadable: list[tuple[Any, str]]  # (line or id, reason)
+
+
 def score_file(model_dir: str | Path, path: str | Path, column: str = "text", output: str | Path | None = None) -> int:
-    """`smallsec score`: scores every artifact of a file (one per line in a text file, or the `column` of
-    a JSONL/CSV/Parquet shard) and writes one JSON object per row: label, detection, probabilities."""
+    """`smallsec score`: scores every artifact of a file (one per line of a text file, `.txt.gz` too, or the
+    `column` of a JSONL/CSV/Parquet shard) and writes one JSON object per input row, in input order: its
+    line number or id, and label, detection and probabilities, or the reason it was not scored (text lines
+    in input order; shard rows that cannot be scored after the scored ones)."""
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file to score")
-    if path.suffix in (".txt", ".log", "") or path.name.endswith(".txt.gz"):
-        texts = path.read_text(encoding="utf-8", errors="replace").splitlines()
-    else:
-        texts = _column_of(path, column)
     scorer = OnnxScorer(model_dir)
+    rows = _text_lines(path) if path.suffix in (".txt", ".log", "") or path.name.endswith(".txt.gz") else \
+        _shard_rows(path, column)
+    records, detections = [], 0
+    for ref, text, score in zip(rows.refs, rows.texts, scorer.score(rows.texts), strict=True):
+        detections += score.is_detection
+        records.append((ref, {rows.key: ref, "text": text[:200], "label": score.label,
+                              "detection": score.is_detection,
+                              "probabilities": {k: round(v, 6) for k, v in score.probabilities.items()}}))
+    records += [(ref, {rows.key: ref, "error": reason}) for ref, reason in rows.unreadable]
+    if rows.key == "line":  # input order; shard rows not scored come last, after the scored ones
+        records.sort(key=lambda record: record[0])
     out = open(output, "w", encoding="utf-8") if output else sys.stdout  # closed below
-    detections = 0
     try:
-        for text, score in zip(texts, scorer.score(texts), strict=True):
-            detections += score.is_detection
-            out.write(json.dumps({"text": text[:200], "label": score.label, "detection": score.is_detection,
-                                  "probabilities": {k: round(v, 6) for k, v in score.probabilities.items()}}) + "\n")
+        for _, record in records:
+            out.write(json.dumps(record) + "\n")
     finally:
         if output:
             out.close()
-    print(f"scored {len(texts):,} rows of {path}: {detections:,} detections at the exported thresholds "
-          f"{scorer.thresholds}", file=sys.stderr)
+    skipped = f"; {len(rows.unreadable):,} not scored (see their \"error\")" if rows.unreadable else ""
+    print(f"scored {len(rows.texts):,} rows of {path}{skipped}: {detections:,} detections at the exported "
+          f"thresholds {scorer.thresholds}", file=sys.stderr)
     return 0
 
 
-def _column_of(path: Path, column: str) -> list[str]:
+def _text_lines(path: Path) -> ScoreInput:
+    """One artifact per line; a line that is not UTF-8 is not scored (its reason names the byte), a blank line
+    is skipped."""
+    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    rows = ScoreInput("line", [], [], [])
+    for number, line in enumerate(raw.splitlines(), 1):
+        try:
+            text = line.decode("utf-8")
+        except UnicodeDecodeError as err:
+            rows.unreadable.append((number, f"invalid UTF-8 at byte {err.start}"))
+            continue
+        if text.strip():
+            rows.refs.append(number)
+            rows.texts.append(text)
+    return rows
+
+
+def _shard_rows(path: Path, column: str) -> ScoreInput:
     from smallsec_ray.data.io import read_shard
     from smallsec_ray.spec import Columns
 
-    shard = read_shard(str(path), Columns(text=[column]))
-    if shard.rows.rows_quarantined:
-        print(f"{path}: {shard.rows.rows_quarantined:,} rows not scored (unreadable, empty or oversized)",
-              file=sys.stderr)
-    return shard.good.column("text").to_pylist()
+    try:
+        shard = read_shard(str(path), Columns(text=[column]))
+    except DataError as err:  # read_shard's advice speaks of the job spec, which `score` has none of
+        message = str(err).replace("set data.columns.text in the spec", "pass --column NAME").replace(
+            ", or set data.on_bad_file: skip to skip it", "").replace(" or set data.format in the spec", "")
+        raise DataError(message) from None
+    return ScoreInput("id", shard.good.column("id").to_pylist(), shard.good.column("text").to_pylist(),
+                      list(zip(shard.quarantined.column("id").to_pylist(),
+                               shard.quarantined.column("reason").to_pylist(), strict=True)))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import json
 
 import numpy as np
@@ -78,3 +79,67 @@ def test_scorer_names_a_folder_that_is_not_an_export(tmp_path):
     save_model(tmp_path, student.state_dict(), config_of(student, encoder))
     with pytest.raises(DataError, match="without its ONNX export"):
         OnnxScorer(tmp_path)
+
+
+@pytest.fixture
+def exported(cmdlines, tmp_path):
+    student, encoder = build_student("char_cnn", "tiny", len(CLASSES))
+    folder = tmp_path / "model"
+    export_onnx(student, config_of(student, encoder), folder, cmdlines[:20])
+    return folder
+
+
+def scored_lines(capsys) -> tuple[list[dict], str]:
+    out = capsys.readouterr()
+    return [json.loads(line) for line in out.out.splitlines()], out.err
+
+
+def test_score_lines_carry_their_line_number_and_bad_lines_their_reason(exported, tmp_path, capsys):
+
+    from smallsec_ray.cli import main
+    raw = b"ls -la /tmp\n\ncaf\xe9 --bad-byte\npowershell -enc SQBFAFgA\n"
+    for name, data in [("cmds.txt", raw), ("cmds.txt.gz", gzip.compress(raw))]:
+        (tmp_path / name).write_bytes(data)
+        assert main(["score", str(exported), str(tmp_path / name)]) == 0
+        rows, err = scored_lines(capsys)
+        assert [r["line"] for r in rows] == [1, 3, 4]  # line 2 is blank
+        assert rows[0]["text"] == "ls -la /tmp" and rows[2]["text"] == "powershell -enc SQBFAFgA"
+        assert rows[1] == {"line": 3, "error": "invalid UTF-8 at byte 3"}
+        assert "scored 2 rows" in err and "1 not scored" in err
+
+
+def test_score_shard_rows_carry_their_id_and_quarantined_rows_their_reason(exported, tmp_path, capsys):
+    from smallsec_ray.cli import main
+
+    shard = tmp_path / "rows.jsonl"
+    shard.write_text('{"id": "a", "cmd": "ls"}\n{"id": "b", "cmd": ""}\n{"id": "c", "cmd": "whoami"}\n')
+    assert main(["score", str(exported), str(shard), "--column", "cmd"]) == 0
+    rows, _ = scored_lines(capsys)
+    assert [r["id"] for r in rows] == ["a", "c", "b"] and "label" in rows[1] and "empty" in rows[2]["error"]
+    assert main(["score", str(exported), str(shard)]) == 2  # no "text" column
+    assert "pass --column NAME" in capsys.readouterr().err
+
+
+def test_score_refuses_a_damaged_or_escaping_model_folder(exported, tmp_path, capsys):
+    from smallsec_ray.cli import main
+
+    artifacts = tmp_path / "a.txt"
+    artifacts.write_text("ls\n")
+    config_path = exported / "config.json"
+    good = config_path.read_text()
+    cases = [
+        (lambda: (exported / "model.onnx").write_bytes(b"not a graph" * 10), "ONNX Runtime cannot load it"),
+        (lambda: config_path.write_text(good.replace('"file": "model.onnx"', '"file": "../../../../etc/passwd"')),
+         "onnx.file '../../../../etc/passwd' is not a file name inside the model folder"),
+        (lambda: config_path.write_text(json.dumps(
+            {**json.loads(good), "encoder": {**json.loads(good)["encoder"], "max_length": 10**9}})),
+         "encoder.max_length is 1000000000, not a whole number from 1 to 65,536"),
+    ]
+    for damage, message in cases:
+        onnx_bytes = (exported / "model.onnx").read_bytes()
+        damage()
+        assert main(["score", str(exported), str(artifacts)]) == 2
+        err = capsys.readouterr().err
+        assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+        config_path.write_text(good)
+        (exported / "model.onnx").write_bytes(onnx_bytes)
