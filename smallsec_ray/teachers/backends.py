@@ -30,7 +30,7 @@ import numpy as np
 from smallsec_ray.errors import SpecError, StageError
 from smallsec_ray.runtime import apply_env_defaults
 from smallsec_ray.teachers.bundled import resolve_model
-from smallsec_ray.teachers.prompts import apply_chat_template, build_prompt, escape_markers, fences
+from smallsec_ray.teachers.prompts import apply_chat_template, build_prompt, control_tokens, escape_markers, fences
 
 log = logging.getLogger(__name__)
 
@@ -265,7 +265,7 @@ class PromptInputs:
         self.template = template
         self.artifact = artifact
         self.classes = classes
-        self.markers = [*fences(template), *tokenizer.all_special_tokens]
+        self.markers = [*fences(template), *control_tokens(tokenizer)]
         self.has_chat = bool(getattr(tokenizer, "chat_template", None))
 
     def encode(self, texts: list[str]) -> tuple[list[list[int]], list[int]]:

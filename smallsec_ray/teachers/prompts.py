@@ -22,6 +22,7 @@ ESCAPE = "\\"
 # Phi); the tokenizer's own special tokens are added to these at run time.
 CONTROL_MARKERS = re.compile(
     r"<\|[^|<>\s]{1,40}\|>"                         # <|im_start|>, <|eot_id|>, <|endoftext|>
+    r"|<\uff5c[^\uff5c<>\s]{1,40}\uff5c>"              # DeepSeek's full-width bars: <｜end▁of▁sentence｜>
     r"|\[/?(?:INST|SYSTEM_PROMPT|AVAILABLE_TOOLS|TOOL_CALLS)\]"
     r"|<</?SYS>>|</?s>|<(?:start|end)_of_turn>"
 )
@@ -48,6 +49,15 @@ def check_template(template: str) -> None:
     if unknown or names.count("text") != 1:
         raise SpecError(f"teacher.prompt_template: fields must be {{text}} (exactly once), {{artifact}} and "
                         f"{{classes}}; got {names} (write {{{{ and }}}} for literal braces)")
+
+
+def control_tokens(tokenizer) -> list[str]:
+    """The tokenizer's control tokens: its special ones, and every added token written as markup (<think>,
+    <tool_call>, <｜end▁of▁sentence｜>, [TOOL_RESULTS]) even when not marked special. Added tokens that are
+    plain words (some tokenizers add domain words) stay as they are."""
+    markup = [t for t in tokenizer.get_added_vocab()
+              if (t.startswith("<") and t.endswith(">")) or (t.startswith("[") and t.endswith("]"))]
+    return [*tokenizer.all_special_tokens, *markup]
 
 
 def escape_markers(text: str, markers: Iterable[str]) -> str:
