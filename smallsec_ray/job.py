@@ -14,7 +14,7 @@ from smallsec_ray.data.io import expand_paths
 from smallsec_ray.errors import SpecError
 from smallsec_ray.runtime import init_ray
 from smallsec_ray.spec import URI, JobSpec, load_spec
-from smallsec_ray.stages import run_stages
+from smallsec_ray.stages import make_run_dir, run_stages
 from smallsec_ray.teachers.bundled import BUNDLED
 from smallsec_ray.workloads import stages_for
 
@@ -60,7 +60,7 @@ def run_job(spec: JobSpec, force_from: str | None = None, until: str | None = No
     to <output>/job.log (console.job_console)."""
     stages = stages_for(spec)
     run_dir = Path(spec.output).resolve()
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     (run_dir / "spec.resolved.json").write_text(json.dumps(spec.public_dump(), indent=2))
     with console.job_console(run_dir) as out:
         where = "" if console.verbose() else f", log {run_dir / console.LOG_FILE}"

@@ -74,7 +74,7 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
     for option, value in (("--from", force_from), ("--until", until)):
         if value is not None and value not in names:
             raise StageError(f"{option} {value!r} is not a stage of workload {spec.workload!r}; stages: {names}")
-    run_dir.mkdir(parents=True, exist_ok=True)
+    make_run_dir(run_dir)
     results: dict[str, Any] = {}
     run_ids: dict[str, str] = {}
     forcing = False
@@ -107,6 +107,13 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
         if stage.name == until:
             break
     return results
+
+
+def make_run_dir(run_dir: Path) -> None:
+    """Creates the run folder; a run holds raw telemetry (prepared and quarantined rows), so other users of
+    the machine get no access to it."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run_dir.chmod(run_dir.stat().st_mode & ~0o007)
 
 
 def read_manifest(stage_dir: Path) -> dict | None:

@@ -233,3 +233,11 @@ def test_skipped_files_are_named_in_the_stage_line(spec):
     run_stages(spec, [Stage("prepare", read, reads=("data",))], Path(spec.output), echo=lines.append)
     assert any("(rows in 20, out 20, quarantined 0; 2 file(s) skipped as unreadable, their rows not counted above"
                in line for line in lines)
+
+
+def test_a_run_folder_is_closed_to_other_users(spec):
+    run_dir = Path(spec.output)
+    run_dir.mkdir(parents=True)
+    run_dir.chmod(0o777)
+    run_stages(spec, recording_stages([]), run_dir, echo=quiet)
+    assert run_dir.stat().st_mode & 0o777 == 0o770
