@@ -277,3 +277,18 @@ def test_missing_file_and_unreadable_metadata_name_the_file(tmp_path):
     bad.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read its Parquet footer")):
         read_parquet_meta(str(bad))
+
+
+def test_text_given_as_a_number_object_or_list_is_quarantined_or_refused(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    path.write_text('{"text": "ls"}\n{"text": 17}\n{"text": {"cmd": "ls"}}\n{"text": ["a"]}\n{"text": true}\n')
+    result = read_shard(str(path), Columns())
+    assert result.rows_in == 5 and _accounted(result) and result.good.column("text").to_pylist() == ["ls"]
+    assert _reasons(result) == {"rows.jsonl:2": "line 2: the text is a number, not a string",
+                                "rows.jsonl:3": "line 3: the text is a JSON object, not a string",
+                                "rows.jsonl:4": "line 4: the text is a JSON list, not a string",
+                                "rows.jsonl:5": "line 5: the text is a boolean, not a string"}
+    shard = tmp_path / "numbers.parquet"
+    pq.write_table(pa.table({"text": [1, 2], "label": ["benign", "benign"]}), shard)
+    with pytest.raises(DataError, match=r"numbers.parquet: the text column 'text' holds int64 values, not text"):
+        read_shard(str(shard), Columns())

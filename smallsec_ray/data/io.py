@@ -40,6 +40,7 @@ SHARD_SUFFIXES = {
 FORMATS = ("parquet", "jsonl", "csv")
 
 _GLOB_CHARS = re.compile(r"[*?\[]")
+_JSON_KIND = {int: "number", float: "number", bool: "boolean", dict: "JSON object", list: "JSON list"}
 _UTF8_BOM = b"\xef\xbb\xbf"
 
 
@@ -211,13 +212,19 @@ def read_shard(path: str, columns: Columns, fmt: str = "auto", max_rows: int | N
     _check_readable(fs, fs_path, path)
     reader = {"parquet": _read_parquet, "jsonl": _read_jsonl, "csv": _read_csv}[fmt]
     try:
-        parsed = reader(fs, fs_path, path, max_rows)
+        parsed = reader(fs, fs_path, path, max_rows, columns.text)
     except (pa.ArrowException, OSError, EOFError, zlib.error, csv.Error) as err:
         raise DataError(f"{path}: cannot read it as {fmt} ({type(err).__name__}: {err}); the file is corrupt "
                         "or truncated: write it again, or set data.on_bad_file: skip to skip it") from None
     if parsed.table.num_columns and not any(c in parsed.table.column_names for c in columns.text):
         raise DataError(f"{path}: no text column; looked for {columns.text}, found "
                         f"{parsed.table.column_names[:20]}; set data.columns.text in the spec")
+    text_column = next((c for c in columns.text if c in parsed.table.column_names), None)
+    kind = parsed.table.schema.field(text_column).type if text_column else pa.string()
+    if not (pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind)
+            or pa.types.is_binary(kind) or pa.types.is_large_binary(kind) or pa.types.is_null(kind)):
+        raise DataError(f"{path}: the text column {text_column!r} holds {kind} values, not text; set "
+                        "data.columns.text to the column holding the artifact")
     table = to_canonical(parsed.table, columns, path, parsed.row_numbers)
     good, quarantined = validate_table(table, classes, max_text_bytes)
     if parsed.failures:
@@ -227,7 +234,7 @@ def read_shard(path: str, columns: Columns, fmt: str = "auto", max_rows: int | N
                        rows_in=len(parsed.row_numbers) + len(parsed.failures))
 
 
-def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None) -> _Parsed:
+def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None, _text: list[str]) -> _Parsed:
     with fs.open_input_file(fs_path) as f:
         pf = pq.ParquetFile(f)
         if max_rows is None:
@@ -243,13 +250,16 @@ def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | 
     return _Parsed(table, list(range(1, table.num_rows + 1)), [])
 
 
-def _read_jsonl(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None) -> _Parsed:
+def _read_jsonl(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None, text: list[str]) -> _Parsed:
     records, row_numbers, failures = [], [], []
     with _open_stream(fs, fs_path, path) as stream:
         for line_no, line in _numbered_lines(stream):
             if max_rows is not None and len(records) + len(failures) >= max_rows:
                 break
             record, reason = _parse_json_line(line)
+            value = next((record[c] for c in text if record.get(c) is not None), None) if reason is None else None
+            if value is not None and not isinstance(value, str):
+                reason = f"the text is a {_JSON_KIND.get(type(value), type(value).__name__)}, not a string"
             if reason is None:
                 records.append(record)
                 row_numbers.append(line_no)
@@ -285,7 +295,7 @@ def _raw_text(line: bytes) -> str:
     return line.rstrip(b"\r\n").decode("utf-8", errors="backslashreplace")
 
 
-def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None) -> _Parsed:
+def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None, _text: list[str]) -> _Parsed:
     # The csv module's default field limit (128 KiB) would fail the whole file on one long field; long texts
     # are instead quarantined row by row by validate_table.
     csv.field_size_limit(max(csv.field_size_limit(), 2**31 - 1))
