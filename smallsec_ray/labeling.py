@@ -98,9 +98,11 @@ class LabelRun:
 def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classes: list[str],
                  replicas: int | tuple[int, int] = 1, cpus_per_replica: float = 1.0,
                  gpus_per_replica: float = 0.0, batch_size: int = 64,
-                 on_too_long: OnTooLong = "truncate", name: str = "label") -> LabelRun:
+                 on_too_long: OnTooLong = "truncate", name: str = "label",
+                 resources: dict[str, float] | None = None) -> LabelRun:
     """Labels every input shard whose output is missing, with `replicas` teacher actors (a fixed count, or
-    (min, max) for an autoscaling pool), and returns the row accounting of all shards.
+    (min, max) for an autoscaling pool), and returns the row accounting of all shards. Each replica also
+    requests the custom Ray `resources` (the teacher node group's, on a cluster).
 
     `teacher_cfg` holds the job spec's teacher keys (kind, backend, model, max_length, dtype,
     prompt_template, verbalizers, engine) and the artifact type. Ray must be up; on a cluster `out_dir`
@@ -122,7 +124,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
             ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
-            num_gpus=gpus_per_replica or None,
+            num_gpus=gpus_per_replica or None, resources=resources or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "batch_size": batch_size,
                                    "on_too_long": on_too_long, "relay": console.relay()})
         total_rows = sum(pq.read_metadata(s).num_rows for s in pending)

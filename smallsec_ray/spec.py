@@ -116,6 +116,9 @@ class ScalingSpec(Section):
     gpus_per_worker: float = Field(0.0, ge=0, description="GPUs reserved per worker; above 0 trains on GPUs "
                                    "(NCCL backend).")
     max_failures: int = Field(1, ge=0, description="Restarts from the last checkpoint when a worker dies.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each worker "
+                                        "also requests, e.g. {trainer_gpu: 1}: on an autoscaling cluster only "
+                                        "the node group that offers them (see cluster/) starts for training.")
 
     @model_validator(mode="after")
     def _offload_needs_deepspeed(self) -> ScalingSpec:
@@ -220,6 +223,9 @@ class LabelingSpec(Section):
     gpus_per_replica: float = Field(0.0, ge=0, description="GPUs reserved by each replica; above 0 the replica "
                                     "runs vLLM's GPU settings, else the CPU ones.")
     batch_size: int = Field(64, ge=1, description="Rows per teacher call.")
+    resources: dict[str, float] = Field(default_factory=dict, description="Custom Ray resources each replica "
+                                        "also requests, e.g. {teacher_gpu: 1}: on an autoscaling cluster only the "
+                                        "node group that offers them (see cluster/) starts for the teacher.")
     on_too_long: Literal["truncate", "quarantine"] = Field(
         "truncate", description="Rows over the teacher's max_length are truncated and flagged, or quarantined.")
 

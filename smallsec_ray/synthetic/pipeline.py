@@ -71,7 +71,7 @@ class FamilyCounts:
 
 def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg: dict, per_family: int,
                       params: dict[str, Any], replicas: int = 1, cpus_per_replica: float = 1.0,
-                      gpus_per_replica: float = 0.0) -> dict[str, dict]:
+                      gpus_per_replica: float = 0.0, resources: dict[str, float] | None = None) -> dict[str, dict]:
     """Writes candidates/FAMILY.parquet for every family whose shard is missing, with `replicas` generative
     teachers; returns each family's generation figures (prompts, seconds), read back for done families.
     `params`: seed, temperature, max_tokens, retries (generate.generate_pages)."""
@@ -85,7 +85,7 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
                                     override_num_blocks=len(pending))
         written = items.map_batches(
             FamilyWriter, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
-            num_gpus=gpus_per_replica or None,
+            num_gpus=gpus_per_replica or None, resources=resources or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "per_family": per_family,
                                    "params": params})
         progress = console.current()

@@ -377,7 +377,8 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     steps_per_epoch = math.ceil(train_count / scaling.workers / training.batch_size)
     use_gpu = scaling.gpus_per_worker > 0
     best_by = ("val_loss", "min") if training.select_by == "loss" else ("val_auc", "max")
-    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if use_gpu else {})}
+    resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if use_gpu else {}),
+                 **scaling.resources}
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "fit": training, "total_steps": steps_per_epoch * training.epochs,

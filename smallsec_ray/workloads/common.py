@@ -129,7 +129,8 @@ def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts
         runs.append(label_shards(list(part_of), str(out), teacher_cfg, spec.classes, spec.labeling.replicas,
                                  spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
                                  spec.labeling.batch_size, spec.labeling.on_too_long,
-                                 name=name if len(teachers.members) == 1 else f"{name}[{i}]"))
+                                 name=name if len(teachers.members) == 1 else f"{name}[{i}]",
+                                 resources=spec.labeling.resources))
     run = runs[0] if len(runs) == 1 else average_runs(runs, out_dir)
     seconds = time.monotonic() - started
     scored: dict[str, list[str]] = {part: [] for part in parts}

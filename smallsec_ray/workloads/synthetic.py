@@ -99,7 +99,8 @@ def run_generate(ctx: StageContext) -> Generation:
                    "classes": spec.classes}
     params = {"seed": syn.seed, "temperature": syn.temperature, "max_tokens": syn.max_tokens, "retries": syn.retries}
     figures = generate_families(family_plans(spec), ctx.stage_dir, teacher_cfg, syn.per_family, params,
-                                spec.labeling.replicas, spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica)
+                                spec.labeling.replicas, spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
+                                spec.labeling.resources)
     return Generation(ctx.relative(ctx.stage_dir), figures)
 
 

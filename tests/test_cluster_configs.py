@@ -1,0 +1,68 @@
+"""The launcher configs in cluster/ pass the schema shipped in the Ray package (and Ray's own validation after
+its defaults), and every resource the cluster specs ask for is offered by some node group of each config."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from smallsec_ray.spec import load_spec
+
+ROOT = Path(__file__).resolve().parents[1]
+LAUNCHER = ["aws.yaml", "gcp.yaml"]
+SPECS = ["distill.yaml", "semi_supervised.yaml", "synthetic.yaml"]
+
+
+def config(name: str) -> dict:
+    return yaml.safe_load((ROOT / "cluster" / name).read_text())
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_config_passes_rays_schema_and_validation(name):
+    import jsonschema
+    import ray.autoscaler
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    schema = json.loads((Path(ray.autoscaler.__file__).parent / "ray-schema.json").read_text())
+    jsonschema.validate(config(name), schema)
+    validate_config(prepare_config(config(name)))  # what `ray up` runs before it starts anything
+
+
+@pytest.mark.parametrize("name", LAUNCHER)
+def test_launcher_config_keeps_the_dashboard_local_and_the_venv_home(name):
+    text = (ROOT / "cluster" / name).read_text()
+    assert "0.0.0.0" not in text and "--dashboard-host=127.0.0.1" in text
+    cfg = config(name)
+    assert ".venv" in cfg["rsync_exclude"] and "runs" in cfg["rsync_exclude"]
+    assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0-py311")  # the versions pyproject pins
+    types = cfg["available_node_types"]
+    assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}
+    assert any("GPU" not in t["resources"] and t.get("max_workers", 0) > 0 for t in types.values())  # CPU group
+
+
+def requests(spec) -> list[tuple[str, dict[str, float]]]:
+    """(what, resources one replica or worker asks for) of a cluster spec."""
+    label = spec.labeling
+    out = [("labeling", {"CPU": label.cpus_per_replica, "GPU": label.gpus_per_replica, **label.resources})]
+    for what, scaling in (("teacher.finetune", spec.teacher.finetune.scaling), ("training", spec.training.scaling)):
+        if what == "teacher.finetune" and not spec.teacher.finetune.enabled:
+            continue
+        out.append((what, {"CPU": scaling.cpus_per_worker, "GPU": scaling.gpus_per_worker, **scaling.resources}))
+    return out
+
+
+@pytest.mark.parametrize("launcher", LAUNCHER)
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_every_request_of_a_cluster_spec_fits_a_node_group_that_offers_it(launcher, spec_name):
+    spec = load_spec(ROOT / "jobs" / "cluster" / spec_name)
+    groups = config(launcher)["available_node_types"]
+    for what, wanted in requests(spec):
+        custom = {k for k in wanted if k not in ("CPU", "GPU")}
+        assert custom, f"{spec_name}: {what} names no custom resource, so any node group could start for it"
+        fitting = [name for name, group in groups.items()
+                   if all(group["resources"].get(k, 0) >= v for k, v in wanted.items() if v)]
+        assert fitting, f"{spec_name}: {what} asks for {wanted}; no node group of {launcher} offers it"
+        assert all(custom <= set(groups[name]["resources"]) for name in fitting)
