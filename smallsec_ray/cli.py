@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
-from smallsec_ray.errors import SmallsecError
+from smallsec_ray.errors import SmallsecError, SpecError
 
 DESCRIPTION = """\
 smallsec: use large models to train small, fast security classifiers (command lines, URLs, HTML), on Ray.
@@ -53,15 +54,30 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_submit(args: argparse.Namespace) -> int:
     from smallsec_ray.runtime import submit_job
-    from smallsec_ray.spec import load_spec
+    from smallsec_ray.spec import load_spec, resource_requests, spec_variables
 
-    load_spec(args.spec)  # schema errors fail here, not on the cluster (its files live on the cluster)
+    address = args.address or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise SpecError("submit: no cluster address; pass --address http://HEAD:8265 or set RAY_ADDRESS")
+    # Schema errors fail here; paths are left to the cluster, where the data, models and output live.
+    spec = load_spec(args.spec)
+    sent, secret, unset = spec_variables(args.spec)
     extra = []
     for flag, value in (("--from", args.from_stage), ("--until", args.until), ("--output", args.output)):
         if value:
             extra += [flag, value]
-    job_id = submit_job(args.spec, args.address, working_dir=args.working_dir, extra_args=extra, pip=args.pip)
-    print(f"submitted job {job_id} to {args.address}")
+    print(f"{args.spec}: valid (paths are checked on the cluster, where they live)")
+    if sent or secret or unset:
+        print("  variables sent with the job: " + (", ".join(sorted(sent)) or "none")
+              + (f"; secret, set them on the cluster: {', '.join(secret)}" if secret else "")
+              + (f"; not set here (validated with the spec's defaults; a value the cluster sets wins there): "
+                 f"{', '.join(unset)}" if unset else ""))
+    for line in resource_requests(spec):
+        print(f"  asks for {line}")
+    job_id = submit_job(args.spec, address, working_dir=args.working_dir, extra_args=extra, pip=args.pip,
+                        env_vars=sent)
+    args.address = address
+    print(f"submitted job {job_id} to {address}")
     print(f"  follow:  ray job logs --address {args.address} --follow {job_id}")
     print(f"  status:  ray job status --address {args.address} {job_id}")
     print(f"  stop:    ray job stop --address {args.address} {job_id}")
@@ -125,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                        "job's working dir; the spec path must be relative to it, and the spec's data and output "
                        "must be reachable from the cluster (shared storage or s3:// / gs:// URIs).")
     p.add_argument("spec", help="path of the YAML job spec, relative to the working dir")
-    p.add_argument("--address", required=True, help="the cluster's dashboard address, e.g. http://HEAD:8265")
+    p.add_argument("--address", help="the cluster's dashboard address, e.g. http://127.0.0.1:8265 through `ray "
+                   "dashboard CLUSTER.yaml` (default: $RAY_ADDRESS)")
     p.add_argument("--working-dir", default=".", help="folder sent to the cluster (default: this folder)")
     p.add_argument("--pip", nargs="*", metavar="REQ", help="pip requirements to install on the cluster for "
                    "this job (default: none, the cluster image has them)")

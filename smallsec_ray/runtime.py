@@ -88,25 +88,33 @@ def _quiet_ray_data() -> None:
 
 
 def submit_job(spec_path: str, address: str, working_dir: str = ".", extra_args: list[str] | None = None,
-               pip: list[str] | None = None) -> str:
+               pip: list[str] | None = None, env_vars: dict[str, str] | None = None) -> str:
     """Submits `smallsec run SPEC` as a Ray job through the Jobs API; returns the job id.
 
     The working dir (this checkout, without .venv, runs and .git) travels in the runtime_env, so the
     cluster runs this exact code; the cluster's Python must have the dependencies (see cluster/), or
-    name them in `pip`.
+    name them in `pip`. `env_vars` (the spec's ${VARS} as set here) go with the job, so that the cluster
+    expands the spec as it was validated.
     """
     from ray.job_submission import JobSubmissionClient
+
+    from smallsec_ray.errors import StageError
 
     apply_env_defaults()
     runtime_env: dict = {
         "working_dir": working_dir,
         "excludes": [".venv/", "runs/", ".git/", "demo-data/", "*.onnx", "__pycache__/"],
-        "env_vars": {k: os.environ[k] for k in RUNTIME_ENV_VARS},
+        "env_vars": {**{k: os.environ[k] for k in RUNTIME_ENV_VARS}, **(env_vars or {})},
     }
     if pip:
         runtime_env["pip"] = pip
     entrypoint = shlex.join(["python", "-m", "smallsec_ray.cli", "run", spec_path, *(extra_args or [])])
-    client = JobSubmissionClient(address)
+    try:
+        client = JobSubmissionClient(address)
+    except ConnectionError as err:
+        raise StageError(f"cannot reach a Ray cluster's dashboard at {address} ({str(err).splitlines()[0]}); check "
+                         "--address (or RAY_ADDRESS), and that the SSH tunnel or port-forward to the head is up "
+                         "(`ray dashboard cluster/aws.yaml`)") from None
     # A head that has just started answers before its job agent is up; that is worth waiting for.
     deadline = time.time() + 90
     while True:

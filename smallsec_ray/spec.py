@@ -677,6 +677,34 @@ def load_spec(path: str | Path) -> JobSpec:
     return parse_spec(raw, str(path))
 
 
+def spec_variables(path: str | Path) -> tuple[dict[str, str], list[str], list[str]]:
+    """The ${VARS} a spec file references: (those set here, by name, to send with a submitted job; the secret
+    ones set here, which are not sent; those not set here)."""
+    names = sorted({m.group(1) for m in _ENV_VAR.finditer(Path(path).read_text(encoding="utf-8"))})
+    sent = {n: os.environ[n] for n in names if n in os.environ and not SECRET_NAME.search(n)}
+    secret = [n for n in names if n in os.environ and SECRET_NAME.search(n)]
+    return sent, secret, [n for n in names if n not in os.environ]
+
+
+def resource_requests(spec: JobSpec) -> list[str]:
+    """What a job asks the cluster for, one line per stage kind: "labeling: 1-8 replicas x {...}"."""
+    def each(cpus: float, gpus: float, custom: dict[str, float]) -> str:
+        amounts = {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **custom}
+        return "{" + ", ".join(f"{k}: {v:g}" for k, v in amounts.items()) + "}"
+
+    label = spec.labeling
+    replicas = "-".join(map(str, label.replicas)) if isinstance(label.replicas, tuple) else str(label.replicas)
+    lines = [f"labeling: {replicas} teacher replica(s) x "
+             f"{each(label.cpus_per_replica, label.gpus_per_replica, label.resources)}"]
+    fits = [("training", spec.training.scaling)]
+    if spec.teacher.kind == "classifier" and spec.teacher.finetune.enabled:
+        fits.insert(0, ("teacher fine-tuning", spec.teacher.finetune.scaling))
+    for what, scaling in fits:
+        lines.append(f"{what}: {scaling.workers} worker(s) x "
+                     f"{each(scaling.cpus_per_worker, scaling.gpus_per_worker, scaling.resources)}")
+    return lines
+
+
 def spec_reference() -> str:
     """Every key of the job spec with its type, default and description, for `smallsec spec-reference`."""
     lines: list[str] = []

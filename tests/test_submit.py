@@ -89,11 +89,12 @@ def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, cap
 
 
 def submit_shipped_until_prepare(name: str, defaults: dict, tmp_path, ray_head, monkeypatch, capsys) -> str:
-    """Submits jobs/cluster/NAME as shipped, its ${...} defaults replaced by local paths (the Ray job does not
-    see this process's environment), through prepare; returns what it printed."""
+    """Submits jobs/cluster/NAME as shipped through prepare, its ${...} variables set in this process only:
+    `submit` sends them with the job (the Ray job does not see this process's environment otherwise).
+    Returns what it printed."""
     text = (Path(__file__).resolve().parents[1] / "jobs" / "cluster" / name).read_text()
     for reference, path in defaults.items():
-        text = text.replace(reference, str(path))
+        monkeypatch.setenv(reference[2:].split(":-")[0], str(path))
     work = tmp_path / "work"
     work.mkdir()
     (work / "job.yaml").write_text(text)
@@ -123,6 +124,8 @@ def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_
         "${DATA_URI:-s3://my-bucket/telemetry}": data, "${OUTPUT_DIR:-/mnt/shared/smallsec-runs}": tmp_path / "runs",
         "${TEACHER_DIR:-/mnt/models/Qwen2.5-7B-Instruct}": tiny_classifier}, tmp_path, ray_head, monkeypatch, capsys)
     assert "workload semi_supervised, 7 stages" in printed and "[1/7] prepare: done" in printed
+    assert "variables sent with the job: DATA_URI, OUTPUT_DIR, TEACHER_DIR" in printed
+    assert "asks for labeling: 1-8 teacher replica(s) x {CPU: 4, GPU: 1, teacher_gpu: 1}" in printed
     prepare = json.loads((tmp_path / "runs" / "semi-supervised-cluster" / "prepare" / "manifest.json").read_text())
     parts = prepare["result"]["parts"]
     assert parts["unlabelled"]["rows"]["rows_out"] == 60 and parts["unlabelled"]["by_split"] == {"train": 60}
@@ -153,3 +156,16 @@ def test_the_cluster_synthetic_spec_is_submitted_as_shipped(ray_head, tmp_path, 
     assert "workload synthetic, 8 stages" in printed and "[1/8] prepare: done" in printed
     prepare = json.loads((tmp_path / "runs" / "synthetic-cluster" / "prepare" / "manifest.json").read_text())
     assert prepare["result"]["parts"]["labelled"]["rows"]["rows_out"] == 30
+
+
+def test_submit_takes_ray_address_and_says_in_one_line_when_it_cannot_reach_it(tmp_path, monkeypatch, capsys):
+    spec = Path(__file__).resolve().parents[1] / "jobs" / "cluster" / "distill.yaml"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    assert main(["submit", str(spec)]) == 2
+    assert "no cluster address; pass --address http://HEAD:8265 or set RAY_ADDRESS" in capsys.readouterr().err
+    monkeypatch.setenv("RAY_ADDRESS", f"http://127.0.0.1:{free_port()}")
+    assert main(["submit", str(spec)]) == 2
+    out = capsys.readouterr()
+    assert "asks for training: 4 worker(s) x {CPU: 4, GPU: 1, trainer_gpu: 1}" in out.out
+    [line] = out.err.strip().splitlines()
+    assert line.startswith("error: cannot reach a Ray cluster's dashboard at http://127.0.0.1:")
