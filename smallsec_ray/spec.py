@@ -106,8 +106,8 @@ class ScalingSpec(Section):
 
     strategy: Literal["deepspeed", "ddp"] = Field("deepspeed", description="Distributed strategy.")
     zero_stage: Literal[0, 1, 2, 3] = Field(1, description="DeepSpeed ZeRO stage (deepspeed strategy only).")
-    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision (weights are "
-                                                       "saved in fp32 whatever it is).")
+    precision: Literal["fp32", "bf16", "fp16"] = Field("fp32", description="Training precision; a teacher trained "
+                                                       "in bf16/fp16 is saved so, a student always in fp32.")
     offload: Literal["none", "optimizer", "optimizer_and_parameters"] = Field(
         "none", description="DeepSpeed ZeRO-Offload of the optimizer state (stage >= 1) and of the parameters "
         "(stage 3) to CPU memory; uses DeepSpeed's CPU Adam, which compiles once (~1 min).")

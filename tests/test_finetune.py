@@ -57,11 +57,13 @@ def test_finetuned_teacher_folder_loads_in_transformers_and_beats_chance(ray_loc
     assert (folder / "model.safetensors").is_file() and (folder / "tokenizer.json").is_file()
     config = AutoModelForSequenceClassification.from_pretrained(folder).config
     assert config.id2label == {0: "benign", 1: "malicious"}  # by our class order, not the base model's
-    # ZeRO-3 shards are gathered whole, and bf16 training still saves fp32 weights.
+    # ZeRO-3 shards are gathered whole (one module at a time), and a teacher trained in bf16 is saved in bf16.
     with safe_open(folder / "model.safetensors", "pt") as weights:
         tensors = {k: weights.get_tensor(k) for k in weights.keys()}
     assert tensors["classifier.weight"].shape == (2, 64)
-    assert all(t.dtype == torch.float32 for t in tensors.values() if t.is_floating_point())
+    assert set(tensors) == set(AutoModelForSequenceClassification.from_pretrained(folder).state_dict())
+    saved = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert all(t.dtype == saved for t in tensors.values() if t.is_floating_point())
     assert accuracy_with_transformers(folder, val) > 0.7
 
 

@@ -3,7 +3,7 @@
     engine = build_engine(model, fit, total_steps)        # inside a Ray Train worker
     logits = engine(*inputs); engine.backward(loss); engine.step()
     engine.save(folder) / engine.load(folder)               # full training state, every rank calls
-    engine.full_state_dict()                                # fp32 weights on rank 0 (None elsewhere)
+    engine.full_state_dict(dtype)                           # weights on rank 0 (None elsewhere)
 
 Both use AdamW with the learning-rate schedule of the spec (warmup, then constant or a decay to 0 at
 the last step), stepped once per optimizer step and saved with the checkpoint. Without offload it is
@@ -54,8 +54,8 @@ def lr_factor(fit: FitSpec, total_steps: int) -> Callable[[int], float]:
     return factor
 
 
-def _fp32_cpu(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    return {k: (v.float() if v.is_floating_point() else v).detach().cpu().clone() for k, v in state.items()}
+def _on_cpu(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    return {k: (v.to(dtype) if v.is_floating_point() else v).detach().cpu().clone() for k, v in state.items()}
 
 
 def deepspeed_config(fit: FitSpec, world_size: int) -> dict[str, Any]:
@@ -109,16 +109,23 @@ class DeepSpeedEngine:
     def train(self, mode: bool = True) -> None:
         self.ds.train(mode)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
-        """Collective: ZeRO-3 shards every parameter across ranks, so all ranks gather them (one
-        module at a time would also do; the students and MiniLM fit at once) and rank 0 copies them."""
+    def full_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor] | None:
+        """Collective: ZeRO-3 shards every parameter across ranks, so all ranks gather them one module at a
+        time (a 7B model is never whole on one GPU) and rank 0 copies each to CPU memory in `dtype`."""
         import deepspeed
 
-        params = list(self.module.parameters())
-        with deepspeed.zero.GatheredParameters(params, modifier_rank=None, enabled=self.zero_stage == 3):
-            if ray.train.get_context().get_world_rank() != 0:
-                return None
-            return _fp32_cpu(self.module.state_dict())
+        rank0 = ray.train.get_context().get_world_rank() == 0
+        if self.zero_stage != 3:
+            return _on_cpu(self.module.state_dict(), dtype) if rank0 else None
+        order = list(self.module.state_dict())  # names only: under ZeRO-3 the tensors are placeholders
+        state: dict[str, torch.Tensor] = {}
+        for prefix, module in self.module.named_modules(remove_duplicate=False):  # tied weights: both names
+            own = list(module.parameters(recurse=False))
+            with deepspeed.zero.GatheredParameters(own, modifier_rank=None, enabled=bool(own)):
+                if rank0:
+                    named = [*module.named_parameters(recurse=False), *module.named_buffers(recurse=False)]
+                    state.update(_on_cpu({f"{prefix}.{n}" if prefix else n: t for n, t in named}, dtype))
+        return {k: state[k] for k in order} if rank0 else None
 
     def save(self, folder: Path) -> None:
         """Every rank writes its own ZeRO shards; Ray Train gathers all ranks' files into one checkpoint."""
@@ -159,10 +166,10 @@ class DDPEngine:
     def train(self, mode: bool = True) -> None:
         self.model.train(mode)
 
-    def full_state_dict(self) -> dict[str, torch.Tensor] | None:
+    def full_state_dict(self, dtype: torch.dtype = torch.float32) -> dict[str, torch.Tensor] | None:
         if ray.train.get_context().get_world_rank() != 0:
             return None
-        return _fp32_cpu(self.module.state_dict())
+        return _on_cpu(self.module.state_dict(), dtype)
 
     def save(self, folder: Path) -> None:
         """DDP replicas are identical: rank 0 writes the whole state."""

@@ -67,6 +67,8 @@ class Task(Protocol):
 
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None: ...
 
+    def save_dtype(self, precision: str) -> torch.dtype: ...
+
 
 @dataclass
 class StudentTask:
@@ -103,6 +105,9 @@ class StudentTask:
 
     def save(self, state_dict: dict[str, torch.Tensor], folder: Path) -> None:
         save_model(folder, state_dict, self.config)
+
+    def save_dtype(self, precision: str) -> torch.dtype:
+        return torch.float32  # students are small; their folders stay fp32 whatever the training precision
 
 
 class EncodeBatch(NumpyBatchCollateFn):
@@ -196,7 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             fail_once_at_step(config, progress.global_step)
             if training.checkpoint_every_steps and progress.global_step % training.checkpoint_every_steps == 0:
                 metrics = validate(engine, task, encode, val_rows, training)
-                save_and_report(engine, task, progress, metrics)
+                save_and_report(engine, task, progress, metrics, training)
 
         seconds = time.perf_counter() - started
         train_loss_sum, rows = all_sum(sums, engine.device).tolist()
@@ -215,7 +220,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stop = progress.out_of_patience(training.early_stopping_patience) and progress.epoch < training.epochs
             console.post(config["relay"], f"    {config['name']}: " + epoch_line(metrics, training.epochs)
                          + ("  (early stop)" if stop else ""))
-        save_and_report(engine, task, progress, metrics)
+        save_and_report(engine, task, progress, metrics, training)
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
@@ -309,10 +314,10 @@ def all_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.cpu()
 
 
-def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[str, Any]) -> None:
+def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[str, Any], training: FitSpec) -> None:
     """Every rank writes its part (ZeRO shards) to its own folder; Ray Train merges them into one
     checkpoint: model/ (the rebuildable model), the engine's training state, progress.json."""
-    state = engine.full_state_dict()  # collective under ZeRO-3
+    state = engine.full_state_dict(task.save_dtype(training.scaling.precision))  # collective under ZeRO-3
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         engine.save(folder)
