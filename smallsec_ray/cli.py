@@ -115,7 +115,7 @@ def _cmd_demo_data(args: argparse.Namespace) -> int:
 def _cmd_score(args: argparse.Namespace) -> int:
     from smallsec_ray.export import score_file
 
-    return score_file(args.model_dir, args.file, column=args.column, output=args.output)
+    return score_file(args.model_dir, args.file, column=args.column, output=args.output, fp32=args.fp32)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -180,6 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("file", help="artifacts to score")
     p.add_argument("--column", default="text", help="column holding the artifact in JSONL/CSV/Parquet input")
     p.add_argument("--output", help="write scores as JSONL here (default: print to stdout)")
+    p.add_argument("--fp32", action="store_true", help="run the fp32 graph even when the folder has an int8 "
+                   "one that passed its agreement check (export.int8)")
     p.set_defaults(func=_cmd_score)
     return parser
 

@@ -14,6 +14,7 @@ import dataclasses
 import gzip
 import json
 import sys
+import tempfile
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -27,11 +28,13 @@ from torch import nn
 
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.students.encoders import encoder_from_config
-from smallsec_ray.students.folder import ONNX_FILE, ModelConfig, OnnxInfo, read_config, save_model
+from smallsec_ray.students.folder import ONNX_FILE, ModelConfig, OnnxInfo, read_config, save_model, write_config
 
 # LayerNormalization became a standard op in opset 17; ONNX Runtime 1.20+ runs it.
 OPSET = 17
 PARITY_TOLERANCE = 1e-4
+INT8_FILE = "model.int8.onnx"
+INT8_MAX_AUC_DROP, INT8_MIN_AGREEMENT = 0.002, 0.995  # what an int8 graph must keep of the fp32 one
 
 
 @dataclass(frozen=True)
@@ -98,10 +101,11 @@ def export_onnx(model: nn.Module, config: ModelConfig, out_dir: str | Path,
 
 class OnnxScorer:
     """Scores texts with an exported student folder; `intra_op_num_threads=1` pins ONNX Runtime to one
-    thread (per-core benchmarks, one scorer per core); None lets it pick."""
+    thread (per-core benchmarks, one scorer per core); None lets it pick. The folder's int8 graph runs when
+    it has one that passed its agreement check, unless `fp32`."""
 
     def __init__(self, model_dir: str | Path, intra_op_num_threads: int | None = None,
-                 batch_size: int = 256) -> None:
+                 batch_size: int = 256, fp32: bool = False) -> None:
         model_dir = Path(model_dir)
         config = read_config(model_dir)
         if config.onnx is None:
@@ -119,7 +123,9 @@ class OnnxScorer:
         if Path(config.onnx.file).name != config.onnx.file or config.onnx.file in ("", ".", ".."):
             raise DataError(f"{model_dir / 'config.json'}: onnx.file {config.onnx.file!r} is not a file name inside "
                             "the model folder; export the model again")
-        onnx_path = model_dir / config.onnx.file
+        int8 = config.onnx.int8 or {}
+        self.precision = "int8" if int8.get("accepted") and not fp32 else "fp32"
+        onnx_path = model_dir / (INT8_FILE if self.precision == "int8" else config.onnx.file)
         if not onnx_path.is_file():
             raise DataError(f"{onnx_path}: missing; the exported student folder is incomplete, export again")
         try:
@@ -157,6 +163,61 @@ def _check_encoder_size(encoder: dict) -> None:
     buckets = encoder.get("hash_buckets")
     if buckets is not None and not (isinstance(buckets, int) and 1 <= buckets <= 1 << 24):
         raise ValueError(f"encoder.hash_buckets is {buckets!r}, not a whole number from 1 to {1 << 24:,}")
+
+
+class _Calibration:
+    """ONNX Runtime's calibration reader: the ids of some rows, 64 at a time."""
+
+    def __init__(self, ids: np.ndarray):
+        self.batches = iter([{"ids": ids[i:i + 64]} for i in range(0, len(ids), 64)])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def quantize_int8(model_dir: str | Path, texts: Sequence[str], positive: np.ndarray, positive_index: int,
+                  threshold: float) -> dict[str, Any]:
+    """Writes model.int8.onnx next to an exported model.onnx: ONNX Runtime static quantization (int8 weights
+    per channel, uint8 activations, QLinearConv/QLinearMatMul kernels) calibrated on the even rows of `texts`
+    (validation rows), then checked against the fp32 graph on the odd ones: ROC AUC of the positive class
+    within INT8_MAX_AUC_DROP and at least INT8_MIN_AGREEMENT of the decisions at `threshold` unchanged.
+    A graph that fails is deleted; the check is returned either way and recorded in the folder's config."""
+    from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    from sklearn.metrics import roc_auc_score
+
+    model_dir = Path(model_dir)
+    config = read_config(model_dir)
+    ids = encoder_from_config(config.encoder).encode(list(texts))
+    calibrate, check, is_positive = ids[0::2], ids[1::2], np.asarray(positive)[1::2]
+    if len(calibrate) == 0 or len(check) == 0:
+        raise StageError("export: int8 needs validation rows to calibrate and check the graph; give some")
+    with tempfile.TemporaryDirectory() as tmp:
+        prepared = Path(tmp) / "prepared.onnx"
+        quant_pre_process(str(model_dir / ONNX_FILE), str(prepared))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            quantize_static(str(prepared), str(model_dir / INT8_FILE), _Calibration(calibrate),
+                            quant_format=QuantFormat.QOperator, per_channel=True,
+                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+    scores = {}
+    for precision, name in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
+        session = _session(model_dir / name, intra_op_num_threads=None)
+        scores[precision] = _in_batches(lambda batch, s=session: s.run(["probs"], {"ids": batch})[0],
+                                        check)[:, positive_index]
+    both = len(set(is_positive.tolist())) == 2
+    auc = {p: float(roc_auc_score(is_positive, s)) if both else None for p, s in scores.items()}
+    agreement = float(np.mean((scores["fp32"] >= threshold) == (scores["int8"] >= threshold)))
+    auc_drop = auc["fp32"] - auc["int8"] if both else 0.0
+    accepted = auc_drop <= INT8_MAX_AUC_DROP and agreement >= INT8_MIN_AGREEMENT
+    check_result = {"file": INT8_FILE if accepted else None, "accepted": accepted, "calibration_rows": len(calibrate),
+                    "check_rows": len(check), "auc_fp32": auc["fp32"], "auc_int8": auc["int8"],
+                    "decisions_unchanged": agreement, "max_auc_drop": INT8_MAX_AUC_DROP,
+                    "min_decisions_unchanged": INT8_MIN_AGREEMENT}
+    if not accepted:
+        (model_dir / INT8_FILE).unlink()
+    write_config(model_dir, dataclasses.replace(config, onnx=dataclasses.replace(config.onnx, int8=check_result)))
+    return check_result
 
 
 def _in_batches(probabilities: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,
@@ -202,7 +263,8 @@ class ScoreInput:
     unreadable: list[tuple[Any, str]]  # (line or id, reason)
 
 
-def score_file(model_dir: str | Path, path: str | Path, column: str = "text", output: str | Path | None = None) -> int:
+def score_file(model_dir: str | Path, path: str | Path, column: str = "text", output: str | Path | None = None,
+               fp32: bool = False) -> int:
     """`smallsec score`: scores every artifact of a file (one per line of a text file, `.txt.gz` too, or the
     `column` of a JSONL/CSV/Parquet shard) and writes one JSON object per input row, in input order: its
     line number or id, and label, detection and probabilities, or the reason it was not scored (text lines
@@ -210,7 +272,7 @@ def score_file(model_dir: str | Path, path: str | Path, column: str = "text", ou
     path = Path(path)
     if not path.is_file():
         raise DataError(f"{path}: no such file to score")
-    scorer = OnnxScorer(model_dir)
+    scorer = OnnxScorer(model_dir, fp32=fp32)
     rows = _text_lines(path) if path.suffix in (".txt", ".log", "") or path.name.endswith(".txt.gz") else \
         _shard_rows(path, column)
     records, detections = [], 0
@@ -230,8 +292,8 @@ def score_file(model_dir: str | Path, path: str | Path, column: str = "text", ou
         if output:
             out.close()
     skipped = f"; {len(rows.unreadable):,} not scored (see their \"error\")" if rows.unreadable else ""
-    print(f"scored {len(rows.texts):,} rows of {path}{skipped}: {detections:,} detections at the exported "
-          f"thresholds {scorer.thresholds}", file=sys.stderr)
+    print(f"scored {len(rows.texts):,} rows of {path} ({scorer.precision} graph){skipped}: {detections:,} "
+          f"detections at the exported thresholds {scorer.thresholds}", file=sys.stderr)
     return 0
 
 

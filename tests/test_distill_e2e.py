@@ -33,6 +33,7 @@ def distill_spec(data: Path, out: Path, teacher: str, **overrides) -> dict:
         "student": {"model": "char_cnn", "preset": "tiny"},
         "training": {"epochs": 2, "batch_size": 64, "scaling": {"zero_stage": 2, "workers": 2}},
         "evaluation": {"fprs": [0.05], "group_by": ["source", "platform"], "audit_top_k": 20},
+        "export": {"int8": True},
         "resources": {"num_cpus": 4},
         "output": str(out),
     }
@@ -101,6 +102,10 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     config = read_config(shipped)
     assert config.lineage.job == "e2e" and len(config.lineage.teacher[0]["ensemble"]) == 2
     assert set(config.thresholds) == {"malicious"} and config.onnx is not None
+    # export.int8: the int8 graph was made and checked on validation rows; kept only when it agreed.
+    assert export["int8"] == config.onnx.int8 and export["int8"]["check_rows"] > 0
+    assert (shipped / "model.int8.onnx").is_file() == export["int8"]["accepted"]
+    assert (export["events_per_s_one_thread_int8"] is not None) == export["int8"]["accepted"]
 
     # A second job continues the shipped student on the same data (teacher already fine-tuned), in
     # this process, on the session's Ray.

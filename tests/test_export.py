@@ -143,3 +143,49 @@ def test_score_refuses_a_damaged_or_escaping_model_folder(exported, tmp_path, ca
         assert message in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
         config_path.write_text(good)
         (exported / "model.onnx").write_bytes(onnx_bytes)
+
+
+def trained_tiny(cmdlines) -> tuple[torch.nn.Module, object]:
+    """A tiny char CNN trained (plain torch, a few seconds) to tell the 100 tldr lines from the 100 Atomic
+    Red Team ones: confident enough that int8 must keep its decisions."""
+    torch.manual_seed(0)
+    student, encoder = build_student("char_cnn", "tiny", len(CLASSES))
+    ids = torch.from_numpy(encoder.encode(cmdlines))
+    labels = torch.tensor([0] * 100 + [1] * 100)
+    optimizer = torch.optim.AdamW(student.parameters(), lr=3e-3)
+    for _ in range(60):
+        loss = torch.nn.functional.cross_entropy(student(ids), labels)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad()
+    return student.eval(), encoder
+
+
+def test_int8_graph_is_kept_when_it_agrees_and_refused_when_it_does_not(cmdlines, tmp_path, capsys, monkeypatch):
+    from smallsec_ray import export
+    from smallsec_ray.cli import main
+    from smallsec_ray.export import INT8_FILE, quantize_int8
+
+    student, encoder = trained_tiny(cmdlines)
+    folder = tmp_path / "model"
+    export_onnx(student, config_of(student, encoder), folder, cmdlines[:20])
+    positive = np.array([0] * 100 + [1] * 100)
+    order = np.random.default_rng(0).permutation(200)  # calibration (even) and check (odd) rows of both kinds
+    texts, positive = [cmdlines[i] for i in order], positive[order]
+    check = quantize_int8(folder, texts, positive, 1, 0.5)
+    assert check["accepted"] and check["calibration_rows"] == check["check_rows"] == 100
+    assert check["decisions_unchanged"] >= 0.995 and check["auc_fp32"] - check["auc_int8"] <= 0.002
+    assert (folder / INT8_FILE).is_file()
+    int8, fp32 = OnnxScorer(folder), OnnxScorer(folder, fp32=True)
+    assert (int8.precision, fp32.precision) == ("int8", "fp32")
+    np.testing.assert_allclose(int8.predict_proba(cmdlines), fp32.predict_proba(cmdlines), atol=0.1)
+    (tmp_path / "a.txt").write_text("ls -la\n")
+    assert main(["score", str(folder), str(tmp_path / "a.txt")]) == 0
+    assert "(int8 graph)" in capsys.readouterr().err
+    assert main(["score", str(folder), str(tmp_path / "a.txt"), "--fp32"]) == 0
+    assert "(fp32 graph)" in capsys.readouterr().err
+
+    monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: refused, the file deleted
+    check = quantize_int8(folder, texts, positive, 1, 0.5)
+    assert not check["accepted"] and not (folder / INT8_FILE).exists()
+    assert OnnxScorer(folder).precision == "fp32"

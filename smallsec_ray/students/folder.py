@@ -53,6 +53,7 @@ class OnnxInfo:
     max_abs_diff: float  # largest |p_onnx - p_torch| over the parity rows and classes
     tolerance: float
     versions: dict[str, str]  # torch and onnxruntime versions that made and checked the graph
+    int8: dict[str, Any] | None = None  # the int8 graph's file and its agreement check (export.quantize_int8)
 
 
 @dataclass

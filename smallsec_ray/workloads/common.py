@@ -27,7 +27,7 @@ from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
 from smallsec_ray.evaluation import pick_threshold
-from smallsec_ray.export import OnnxScorer, export_onnx
+from smallsec_ray.export import OnnxScorer, export_onnx, quantize_int8
 from smallsec_ray.label_policy import PolicyPlan, apply_policy, plan_policy
 from smallsec_ray.labeling import average_runs, label_shards
 from smallsec_ray.prepare import PreparedData
@@ -216,13 +216,16 @@ class ExportedModel:
     threshold_rests_on: int  # validation negatives at or above the threshold (how firm the FPR figure is)
     parity_max_abs_diff: float
     parity_rows: int
-    events_per_s_one_thread: float
+    events_per_s_one_thread: float  # the fp32 graph
     parameters: int
+    int8: dict | None = None  # export.int8: the int8 graph's agreement check (quantize_int8), None when not asked
+    events_per_s_one_thread_int8: float | None = None  # when the int8 graph was kept
 
 
 def run_export(ctx: StageContext, model: TrainedModel, data: PreparedData) -> ExportedModel:
     """Ships `model`: its threshold picked on the labelled validation rows at the largest FPR asked, the
-    ONNX graph checked against torch on test rows, and a throughput figure."""
+    ONNX graph checked against torch on test rows, and a throughput figure; with export.int8 also an int8
+    graph, calibrated and checked on the validation rows, when it agrees with the fp32 one."""
     spec = ctx.spec
     net, _, config = load_model(ctx.path(model.model_dir))
     val = read_rows(ctx_paths(ctx, data.shards("labelled")), "validation")
@@ -234,12 +237,16 @@ def run_export(ctx: StageContext, model: TrainedModel, data: PreparedData) -> Ex
     texts = strings(read_rows(ctx_paths(ctx, data.shards("labelled", "test")), "test"), schema.TEXT)
     config = replace(config, thresholds={spec.positive_class: threshold})
     result = export_onnx(net, config, ctx.stage_dir / "model", texts[:256])
+    int8 = (quantize_int8(result.model_dir, strings(val, schema.TEXT), is_positive,
+                          config.classes.index(spec.positive_class), threshold) if spec.export.int8 else None)
     return ExportedModel(model_dir=ctx.relative(result.model_dir), threshold=threshold,
                          threshold_fpr_on_validation=fpr,
                          threshold_rests_on=int(((val_scores >= threshold) & (is_positive == 0)).sum()),
                          parity_max_abs_diff=result.max_abs_diff, parity_rows=result.parity_rows,
-                         events_per_s_one_thread=round(events_per_s(result.model_dir, texts[:2000]), 1),
-                         parameters=sum(p.numel() for p in net.parameters()))
+                         events_per_s_one_thread=round(events_per_s(result.model_dir, texts[:2000], fp32=True), 1),
+                         parameters=sum(p.numel() for p in net.parameters()), int8=int8,
+                         events_per_s_one_thread_int8=(round(events_per_s(result.model_dir, texts[:2000]), 1)
+                                                       if int8 and int8["accepted"] else None))
 
 
 # ---------------------------------------------------------------- rows
@@ -293,8 +300,8 @@ def score_student(folder: Path, texts: list[str], batch_size: int = 512) -> np.n
     return np.concatenate(parts).astype(np.float32) if parts else np.zeros((0, model.num_classes), np.float32)
 
 
-def events_per_s(model_dir: Path, texts: list[str]) -> float:
-    scorer = OnnxScorer(model_dir, intra_op_num_threads=1)
+def events_per_s(model_dir: Path, texts: list[str], fp32: bool = False) -> float:
+    scorer = OnnxScorer(model_dir, intra_op_num_threads=1, fp32=fp32)
     scorer.predict_proba(texts[:64])  # warm-up
     start = time.perf_counter()
     scorer.predict_proba(texts)

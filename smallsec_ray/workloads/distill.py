@@ -139,7 +139,7 @@ STAGES = [
           about="the teacher scores every shard with class probabilities (Ray Data + vLLM)"),
     Stage("train_student", run_train_student, reads=(*STUDENT_KEYS, "distillation"), inputs={"labels": "label"},
           about="train the student on the given labels and the teacher's probabilities (Ray Train)"),
-    Stage("export", run_export, reads=("positive_class", "evaluation.fprs"),
+    Stage("export", run_export, reads=("positive_class", "evaluation.fprs", "export"),
           inputs={"model": "train_student", "data": "prepare"},
           about="ONNX export of the student with its threshold, parity check, throughput"),
     Stage("train_baseline", run_train_baseline, reads=STUDENT_KEYS, inputs={"data": "prepare"},

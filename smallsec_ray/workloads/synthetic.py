@@ -380,7 +380,7 @@ STAGES = [
     Stage("evaluate", run_evaluate, reads=("positive_class", "synthetic.tolerance"),
           inputs={"data": "prepare", "filtered": "filter", "production": "production", "student": "train_student"},
           about="held-out families and the regression set, production against new; the gate"),
-    Stage("export", run_gated_export, reads=("positive_class", "evaluation.fprs"),
+    Stage("export", run_gated_export, reads=("positive_class", "evaluation.fprs", "export"),
           inputs={"student": "train_student", "data": "prepare", "production": "production",
                   "evaluation": "evaluate"},
           about="ONNX export of the new model if the gate passed; otherwise production stays shipped"),
