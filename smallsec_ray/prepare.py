@@ -2,8 +2,10 @@
 
 Each input shard becomes one Parquet shard of canonical rows under `prepare/<part>/` (parts: labelled,
 noisy, unlabelled, test), with a `split` column, and one quarantine shard holding the rows set aside,
-each with its reason. Shards are read in parallel Ray tasks; only (group, label) pairs come back to the
-driver, which assigns whole groups to train/validation/test.
+each with its reason. Shards are read in parallel Ray tasks; only (group, label) pairs and the ids the
+data gives come back to the driver, which assigns whole groups to train/validation/test. A row whose id an
+earlier shard already holds (parts in order labelled, noisy, unlabelled, test; files in order) is moved to
+quarantine/<part>/duplicate-ids-<shard>, the first one kept.
 """
 
 from __future__ import annotations
@@ -15,12 +17,13 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
 
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
-from smallsec_ray.data.io import expand_paths, read_shard, write_parquet_atomic
+from smallsec_ray.data.io import expand_paths, is_default_id, read_shard, write_parquet_atomic
 from smallsec_ray.data.splits import assign_splits, split_table
 from smallsec_ray.errors import DataError
 from smallsec_ray.spec import DataSpec
@@ -51,14 +54,28 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
         "labels": shard.good.column(schema.LABEL).to_pylist(),
         "sources": shard.good.column(schema.SOURCE).to_pylist() if data.split.by_source else None,
         "given": _given_splits(shard.good),
+        # Ids the data gave (not the '<file>:<row>' default), to find the same id in two shards.
+        "ids": [i for i in shard.good.column(schema.ID).to_pylist() if not is_default_id(i, path)],
     }
 
 
+
 @ray.remote(num_cpus=0.5)
-def _add_split(path: str, assignment: dict[str, str]) -> dict[str, int]:
+def _add_split(path: str, assignment: dict[str, str], seen_in: dict[str, str], quarantine_path: str) -> dict:
+    """Adds the split column; rows whose id an earlier shard holds (`seen_in`: id -> that shard's input) are
+    moved to a quarantine shard of their own."""
     table = split_table(pq.read_table(path), assignment)
+    moved = 0
+    if seen_in:
+        again = pc.is_in(table.column(schema.ID), value_set=pa.array(list(seen_in), pa.string()))
+        duplicates = table.filter(again)
+        reasons = [f"id {i!r} is also in {seen_in[i]} (the first is kept); ids must be unique across shards"
+                   for i in duplicates.column(schema.ID).to_pylist()]
+        write_parquet_atomic(duplicates.drop_columns([schema.SPLIT]).append_column(
+            schema.REASON, pa.array(reasons, pa.string())), quarantine_path)
+        table, moved = table.filter(pc.invert(again)), duplicates.num_rows
     write_parquet_atomic(table, path)
-    return dict(Counter(table.column(schema.SPLIT).to_pylist()))
+    return {"splits": dict(Counter(table.column(schema.SPLIT).to_pylist())), "moved": moved}
 
 
 def _reason_counts(quarantined: pa.Table) -> dict[str, int]:
@@ -138,16 +155,32 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     for s in read["test"]:
         assignment.update(dict.fromkeys(s["groups"], "test"))
 
-    split_refs = {part: [_add_split.remote(s["output"], assignment) for s in read[part]] for part in PARTS}
+    first_shard: dict[str, str] = {}  # id -> the input holding it first (in part and file order)
+    repeated: dict[str, dict[str, str]] = {}  # output shard -> {id: the input holding it first}
+    for part in PARTS:
+        for s in read[part]:
+            repeated[s["output"]] = {i: first_shard[i] for i in s["ids"] if i in first_shard}
+            first_shard.update({i: s["input"] for i in s["ids"] if i not in first_shard})
+    dup_path = {s["output"]: str(ctx.stage_dir / "quarantine" / part / ("duplicate-ids-" + Path(s["output"]).name))
+                for part in PARTS for s in read[part]}
+    split_refs = {part: [_add_split.remote(s["output"], assignment, repeated[s["output"]], dup_path[s["output"]])
+                         for s in read[part]] for part in PARTS}
     split_counts = {part: ray.get(refs) for part, refs in split_refs.items()}
+    for part in PARTS:
+        for s, counts in zip(read[part], split_counts[part], strict=True):
+            if counts["moved"]:
+                s["rows"] = RowCounts(s["rows"].rows_in, s["rows"].rows_out - counts["moved"],
+                                      s["rows"].rows_quarantined + counts["moved"])
+                s["reasons"] = {**s["reasons"], "id '…' is also in another shard": counts["moved"]}
+                s["duplicates"] = dup_path[s["output"]]
 
     parts = {}
     for part in PARTS:
         parts[part] = PreparedPart(
             shards=[ctx.relative(s["output"]) for s in read[part]],
-            quarantine=[ctx.relative(s["quarantine"]) for s in read[part] if s["quarantine"]],
+            quarantine=[ctx.relative(q) for s in read[part] for q in (s["quarantine"], s.get("duplicates")) if q],
             rows=sum((s["rows"] for s in read[part]), RowCounts()),
-            by_split=dict(sum((Counter(c) for c in split_counts[part]), Counter())),
+            by_split=dict(sum((Counter(c["splits"]) for c in split_counts[part]), Counter())),
             by_label=dict(Counter(str(label) for s in read[part] for label in s["labels"])),
             quarantine_reasons=dict(sum((Counter(s["reasons"]) for s in read[part]), Counter())))
     return PreparedData(parts=parts, rows=sum((p.rows for p in parts.values()), RowCounts()),

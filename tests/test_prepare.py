@@ -83,3 +83,22 @@ def test_a_truncated_parquet_stops_the_run_with_one_line_naming_it(ray_local, tm
     [line] = [x for x in err.splitlines() if x.startswith("error:")]
     assert f"error: {cut}: cannot read it as parquet" in line and "on_bad_file: skip" in line
     assert "\x1b[" not in err and "Traceback" not in err and "ray::" not in err
+
+
+def test_an_id_given_in_two_shards_is_kept_once_and_the_repeat_quarantined(ray_local, tmp_path):
+    labelled = write_jsonl(tmp_path / "clean.jsonl", [
+        {"id": "a", "text": "ls", "label": "benign"}, {"id": "b", "text": "whoami", "label": "malicious"}])
+    noisy = write_jsonl(tmp_path / "noisy.jsonl", [
+        {"id": "b", "text": "whoami /all", "label": "benign"}, {"id": "c", "text": "pwd", "label": "benign"},
+        {"text": "echo no id"}])
+    data, rows = prepare(tmp_path, labelled, noisy)
+    assert sorted(rows["id"].to_pylist()) == ["a", "b", "c", "noisy.jsonl:3"]
+    assert rows.filter(pc.equal(rows["id"], "b"))["text"].to_pylist() == ["whoami"]  # the first one kept
+    noisy_part = data.parts["noisy"]
+    assert (noisy_part.rows.rows_in, noisy_part.rows.rows_out, noisy_part.rows.rows_quarantined) == (3, 2, 1)
+    assert noisy_part.quarantine_reasons == {"id '…' is also in another shard": 1}
+    [moved] = [pq.read_table(tmp_path / "run" / q) for q in noisy_part.quarantine]
+    assert moved["id"].to_pylist() == ["b"]
+    assert moved["reason"].to_pylist() == [f"id 'b' is also in {labelled} (the first is kept); ids must be unique "
+                                           "across shards"]
+    assert data.rows.rows_in == data.rows.rows_out + data.rows.rows_quarantined == 5

@@ -162,6 +162,12 @@ def _file_name(path: str) -> str:
     return PurePosixPath(path.split("?", 1)[0] if URI.match(path) else path).name
 
 
+def is_default_id(row_id: str, path: str) -> bool:
+    """Whether a row's id is the one read_shard makes when the data gives none ('<file name>:<row>')."""
+    name, _, row = row_id.rpartition(":")
+    return row.isdigit() and name == _file_name(path)
+
+
 def _file_stem(path: str) -> str:
     name = _file_name(path)
     for suffix in SHARD_SUFFIXES:
