@@ -53,6 +53,11 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_submit(args: argparse.Namespace) -> int:
+    if args.auth_token_file:  # before Ray is imported: it reads its authentication settings once
+        if not Path(args.auth_token_file).is_file():
+            raise SpecError(f"submit: --auth-token-file {args.auth_token_file}: no such file; `ray get-auth-token` "
+                            "prints where the cluster's token is")
+        os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(Path(args.auth_token_file).resolve()))
     from smallsec_ray.runtime import submit_job
     from smallsec_ray.spec import load_spec, resource_requests, spec_variables
 
@@ -147,6 +152,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--pip", nargs="*", metavar="REQ", help="pip requirements to install on the cluster for "
                    "this job (default: none, the cluster image has them)")
     p.add_argument("--wait", action="store_true", help="follow the job's logs until it ends; exit 1 if it failed")
+    p.add_argument("--auth-token-file", metavar="FILE", help="the cluster's token file, for a cluster with token "
+                   "authentication (default: Ray's own lookup: $RAY_AUTH_TOKEN, then ~/.ray/auth_token)")
     stage_options(p)
     p.set_defaults(func=_cmd_submit)
 

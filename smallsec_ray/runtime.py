@@ -111,6 +111,9 @@ def submit_job(spec_path: str, address: str, working_dir: str = ".", extra_args:
     entrypoint = shlex.join(["python", "-m", "smallsec_ray.cli", "run", spec_path, *(extra_args or [])])
     try:
         client = JobSubmissionClient(address)
+    except ray.exceptions.AuthenticationError:
+        raise StageError(f"the Ray cluster at {address} asks for its token (token authentication); pass "
+                         "--auth-token-file FILE, or put the token in ~/.ray/auth_token") from None
     except ConnectionError as err:
         raise StageError(f"cannot reach a Ray cluster's dashboard at {address} ({str(err).splitlines()[0]}); check "
                          "--address (or RAY_ADDRESS), and that the SSH tunnel or port-forward to the head is up "

@@ -37,6 +37,9 @@ def test_launcher_config_keeps_the_dashboard_local_and_the_venv_home(name):
     assert "0.0.0.0" not in text and "--dashboard-host=127.0.0.1" in text
     cfg = config(name)
     assert ".venv" in cfg["rsync_exclude"] and "runs" in cfg["rsync_exclude"]
+    # Token authentication on every node, with the token generated on the launching machine.
+    assert "--env RAY_AUTH_MODE=token" in cfg["docker"]["run_options"]
+    assert cfg["file_mounts"]["/home/ray/.ray/auth_token"] == "~/.ray/auth_token"
     assert cfg["docker"]["image"].startswith("rayproject/ray:2.60.0-py311")  # the versions pyproject pins
     types = cfg["available_node_types"]
     assert types[cfg["head_node_type"]]["resources"] == {"CPU": 0}

@@ -6,7 +6,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -25,15 +27,14 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture
-def ray_head(tmp_path_factory):
+def start_head(temp_dir: Path, auth: dict[str, str]):
     """A Ray head with the Jobs API, in its own process group so that the test can stop exactly it
-    (`ray stop` would stop every Ray on the machine)."""
-    temp_dir = tmp_path_factory.mktemp("rayhead")
+    (`ray stop` would stop every Ray on the machine); yields its dashboard address."""
+    temp_dir.mkdir(parents=True, exist_ok=True)
     port, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
     # As with an activated venv on a cluster node: the job's `python` is the one with smallsec_ray.
     venv_bin = str(Path(sys.executable).parent)
-    env = {**os.environ, "RAY_AUTH_MODE": "disabled", "PATH": f"{venv_bin}:{os.environ['PATH']}"}
+    env = {**os.environ, **auth, "PATH": f"{venv_bin}:{os.environ['PATH']}"}
     env.pop("RAY_ADDRESS", None)
     ray_bin = Path(venv_bin) / "ray"
     proc = subprocess.Popen(
@@ -44,16 +45,19 @@ def ray_head(tmp_path_factory):
          # agent would not start and every submission would get "No available agent".
          f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
          f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
-        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(temp_dir / "ray-start.log", "w"))
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
         try:
             with urllib.request.urlopen(f"{address}/api/version", timeout=2):
                 break
+        except urllib.error.HTTPError:  # up, and asking for a token
+            break
         except OSError:
             if proc.poll() is not None:
-                pytest.fail(f"ray start exited with {proc.returncode}")
+                log = (temp_dir / "ray-start.log").read_text()[-2000:]
+                pytest.fail(f"ray start exited with {proc.returncode}: {log}")
             time.sleep(1)
     else:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -64,6 +68,11 @@ def ray_head(tmp_path_factory):
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+@pytest.fixture
+def ray_head(tmp_path_factory):
+    yield from start_head(tmp_path_factory.mktemp("rayhead"), {"RAY_AUTH_MODE": "disabled"})
 
 
 def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, capsys, monkeypatch):
@@ -169,3 +178,33 @@ def test_submit_takes_ray_address_and_says_in_one_line_when_it_cannot_reach_it(t
     assert "asks for training: 4 worker(s) x {CPU: 4, GPU: 1, trainer_gpu: 1}" in out.out
     [line] = out.err.strip().splitlines()
     assert line.startswith("error: cannot reach a Ray cluster's dashboard at http://127.0.0.1:")
+
+
+def test_submit_to_a_cluster_with_token_authentication_needs_its_token(tmp_path):
+    token = tmp_path / "auth_token"
+    token.write_text("smallsec-test-token-0123456789abcdef")
+    # A short folder: Ray's socket paths under it must stay within 107 bytes.
+    head = start_head(Path(tempfile.mkdtemp(prefix="rayhead-")), {"RAY_AUTH_MODE": "token",
+                                                                  "RAY_AUTH_TOKEN_PATH": str(token)})
+    address = next(head)
+    try:
+        with pytest.raises(urllib.error.HTTPError):  # the dashboard asks for the token
+            urllib.request.urlopen(f"{address}/api/jobs/", timeout=5)
+        spec = {"name": "t", "workload": "distill", "artifact": "cmdline",
+                "data": {"labelled": ["/nowhere/rows.jsonl"]}, "output": str(tmp_path / "run")}
+        work = tmp_path / "work"
+        work.mkdir()
+        (work / "job.yaml").write_text(yaml.safe_dump(spec))
+        # Fresh processes, as a user runs it: no token in the environment, none in ~/.ray.
+        env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+        env["HOME"] = str(tmp_path / "home")
+        smallsec = [sys.executable, "-m", "smallsec_ray.cli", "submit", "job.yaml", "--address", address]
+        refused = subprocess.run(smallsec, cwd=work, env=env, capture_output=True, text=True, timeout=120)
+        assert refused.returncode == 2 and "asks for its token (token authentication)" in refused.stderr
+        assert "Traceback" not in refused.stderr
+        accepted = subprocess.run([*smallsec, "--auth-token-file", str(token)], cwd=work, env=env,
+                                  capture_output=True, text=True, timeout=120)
+        assert accepted.returncode == 0, accepted.stderr[-2000:]
+        assert "submitted job" in accepted.stdout
+    finally:
+        next(head, None)
