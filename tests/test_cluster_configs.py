@@ -69,3 +69,45 @@ def test_every_request_of_a_cluster_spec_fits_a_node_group_that_offers_it(launch
                    if all(group["resources"].get(k, 0) >= v for k, v in wanted.items() if v)]
         assert fitting, f"{spec_name}: {what} asks for {wanted}; no node group of {launcher} offers it"
         assert all(custom <= set(groups[name]["resources"]) for name in fitting)
+
+
+def kuberay() -> dict[str, dict]:
+    return {doc["kind"]: doc for doc in yaml.safe_load_all((ROOT / "cluster" / "kuberay.yaml").read_text())}
+
+
+def test_kuberay_cluster_autoscales_shares_a_volume_and_runs_a_job_on_itself():
+    docs = kuberay()
+    cluster, job, claim = docs["RayCluster"]["spec"], docs["RayJob"]["spec"], docs["PersistentVolumeClaim"]
+    assert cluster["enableInTreeAutoscaling"] and cluster["rayVersion"] == "2.60.0"
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]
+    assert job["clusterSelector"] == {"ray.io/cluster": docs["RayCluster"]["metadata"]["name"]}
+    assert job["entrypoint"].endswith("run jobs/cluster/distill.yaml")
+    assert cluster["headGroupSpec"]["serviceType"] == "ClusterIP"
+    image = next(line.split()[-1] for line in (ROOT / "cluster" / "Dockerfile").read_text().splitlines()
+                 if line.startswith("FROM"))
+    assert image == "rayproject/ray:2.60.0-py311-gpu"
+    for pod in [cluster["headGroupSpec"]["template"]["spec"]] + [g["template"]["spec"]
+                                                                 for g in cluster["workerGroupSpecs"]]:
+        [container] = pod["containers"]
+        mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+        volumes = {v["name"]: v for v in pod["volumes"]}
+        assert volumes[mounts["/mnt/shared"]]["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]
+        assert {"name": "RAY_AUTH_MODE", "value": "token"} in container["env"]
+        if "nvidia.com/gpu" in container["resources"]["limits"]:
+            assert volumes[mounts["/dev/shm"]]["emptyDir"]["medium"] == "Memory"
+            assert any(t["key"] == "nvidia.com/gpu" for t in pod["tolerations"])
+
+
+@pytest.mark.parametrize("spec_name", SPECS)
+def test_every_request_of_a_cluster_spec_fits_a_kuberay_group(spec_name):
+    spec = load_spec(ROOT / "jobs" / "cluster" / spec_name)
+    groups = {}
+    for group in kuberay()["RayCluster"]["spec"]["workerGroupSpecs"]:
+        limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+        custom = json.loads(json.loads(group["rayStartParams"]["resources"])) if "resources" in group[
+            "rayStartParams"] else {}
+        groups[group["groupName"]] = {"CPU": float(limits["cpu"]), "GPU": float(limits.get("nvidia.com/gpu", 0)),
+                                      **custom}
+    for what, wanted in requests(spec):
+        fitting = [g for g, offered in groups.items() if all(offered.get(k, 0) >= v for k, v in wanted.items() if v)]
+        assert fitting, f"{spec_name}: {what} asks for {wanted}; no KubeRay group offers it"
