@@ -81,14 +81,13 @@ def _cmd_submit(args: argparse.Namespace) -> int:
         print(f"  asks for {line}")
     job_id = submit_job(args.spec, address, working_dir=args.working_dir, extra_args=extra, pip=args.pip,
                         env_vars=sent)
-    args.address = address
     print(f"submitted job {job_id} to {address}")
-    print(f"  follow:  ray job logs --address {args.address} --follow {job_id}")
-    print(f"  status:  ray job status --address {args.address} {job_id}")
-    print(f"  stop:    ray job stop --address {args.address} {job_id}")
+    print(f"  follow:  ray job logs --address {address} --follow {job_id}")
+    print(f"  status:  ray job status --address {address} {job_id}")
+    print(f"  stop:    ray job stop --address {address} {job_id}")
     if not args.wait:
         return 0
-    return _follow(args.address, job_id)
+    return _follow(address, job_id)
 
 
 def _follow(address: str, job_id: str) -> int:

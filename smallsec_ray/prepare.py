@@ -59,7 +59,6 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
     }
 
 
-
 @ray.remote(num_cpus=0.5)
 def _add_split(path: str, assignment: dict[str, str], seen_in: dict[str, str], quarantine_path: str) -> dict:
     """Adds the split column; rows whose id an earlier shard holds (`seen_in`: id -> that shard's input) are

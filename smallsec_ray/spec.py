@@ -446,9 +446,7 @@ class JobSpec(Section):
         TOKEN, SECRET, PASSWORD, KEY or CREDENTIAL in it) put back as its ${NAME} reference."""
         def mask(value: Any) -> Any:
             if isinstance(value, str):
-                for secret, name in self._secrets.items():
-                    value = value.replace(secret, f"${{{name}}}")
-                return value
+                return _masked(value, self._secrets)
             if isinstance(value, dict):
                 return {k: mask(v) for k, v in value.items()}
             return [mask(v) for v in value] if isinstance(value, list) else value
@@ -582,6 +580,13 @@ def _expand_env(value: Any, source: str = "spec", key: str = "", secrets: dict[s
     return value
 
 
+def _masked(text: str, secrets: dict[str, str]) -> str:
+    """`text` with every secret value (value -> variable name) put back as its ${NAME} reference."""
+    for secret, name in secrets.items():
+        text = text.replace(secret, f"${{{name}}}")
+    return text
+
+
 def _check_size(raw: Any, source: str) -> None:
     """Refuses a spec whose YAML aliases expand to more than MAX_SPEC_VALUES values (an alias bomb: a few
     hundred bytes that would fill the memory); stops counting at the limit."""
@@ -628,8 +633,7 @@ def _format_errors(err: ValidationError, source: str, secrets: dict[str, str]) -
             msg = "required key is missing"
         elif "input" in e and e["type"] not in ("value_error",):
             msg = f"{msg} (got {e['input']!r})"
-        for secret, name in secrets.items():
-            msg = msg.replace(secret, f"${{{name}}}")
+        msg = _masked(msg, secrets)
         lines.append(f"  {path}: {msg}")
     return "\n".join(lines)
 
