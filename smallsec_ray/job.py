@@ -9,12 +9,12 @@ from typing import Any
 
 import ray
 
-from smallsec_ray import console
+from smallsec_ray import console, storage
 from smallsec_ray.data.io import expand_paths
 from smallsec_ray.errors import SpecError
 from smallsec_ray.runtime import init_ray
 from smallsec_ray.spec import URI, JobSpec, load_spec
-from smallsec_ray.stages import make_run_dir, run_stages
+from smallsec_ray.stages import RunFolder, make_run_dir, run_stages
 from smallsec_ray.teachers.bundled import BUNDLED
 from smallsec_ray.workloads import stages_for
 
@@ -59,20 +59,23 @@ def run_job(spec: JobSpec, force_from: str | None = None, until: str | None = No
     The console shows a line per stage and epoch and a labelling progress line; everything else goes
     to <output>/job.log (console.job_console)."""
     stages = stages_for(spec)
-    run_dir = Path(spec.output).resolve()
+    folder = RunFolder.at(spec.output)  # an object-store output gets a local folder for what the driver writes
+    run_dir = folder.local
     make_run_dir(run_dir)
     (run_dir / "spec.resolved.json").write_text(json.dumps(spec.public_dump(), indent=2))
     with console.job_console(run_dir) as out:
         where = "" if console.verbose() else f", log {run_dir / console.LOG_FILE}"
-        out.line(f"job {spec.name!r}: workload {spec.workload}, {len(stages)} stages, output {run_dir}{where}")
+        local = f" (this machine's files in {run_dir})" if folder.remote else ""
+        out.line(f"job {spec.name!r}: workload {spec.workload}, {len(stages)} stages, output "
+                 f"{folder.store}{local}{where}")
         started = init_ray(spec.resources.address, spec.resources.num_cpus, spec.resources.dashboard)
         try:
             with console.relaying(out):
-                results = run_stages(spec, stages, run_dir, force_from=force_from, until=until, echo=out.line)
+                results = run_stages(spec, stages, folder, force_from=force_from, until=until, echo=out.line)
         finally:
             if started:  # inside the console: the workers' last lines reach the log, not the terminal
                 ray.shutdown()
-        report = run_dir / "report.md"
-        if report.is_file():
-            out.line(f"report: {report}")
+            folder.sync()  # the log and the report, also after a failure
+        if (run_dir / "report.md").is_file():
+            out.line(f"report: {storage.join(folder.store, 'report.md')}")
     return results

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
+from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.data.noise import NoisePlan, apply_noise
 from smallsec_ray.spec import DistillationSpec
@@ -124,8 +124,8 @@ def _doubt_counts(path: str, classes: list[str], noise: NoisePlan | None) -> dic
     """Per given class: rows, and histograms of 1 - p(given label) over the train split of one shard, of
     all rows and of rows whose given label is wrong (when the true label is known)."""
     wanted = (schema.ID, schema.LABEL, schema.SPLIT, schema.PROBS, schema.TRUE_LABEL, *(noise.columns if noise else ()))
-    columns = [c for c in dict.fromkeys(wanted) if c in pq.read_schema(path).names]
-    table = pq.read_table(path, columns=columns)
+    columns = [c for c in dict.fromkeys(wanted) if c in storage.read_schema(path).names]
+    table = storage.read_table(path, columns=columns)
     table = table.filter(pa.compute.equal(table[schema.SPLIT], "train"))
     if noise is not None:
         table = apply_noise(table, noise)

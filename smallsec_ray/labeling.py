@@ -21,9 +21,7 @@ Each replica posts its rows to the job's console as it goes (a progress line wit
 from __future__ import annotations
 
 import json
-import os
 import time
-import uuid
 from collections.abc import Callable
 from contextlib import nullcontext
 from dataclasses import asdict, dataclass, field
@@ -37,7 +35,7 @@ import pyarrow.parquet as pq
 import ray
 from ray.data import ActorPoolStrategy
 
-from smallsec_ray import console
+from smallsec_ray import console, storage
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.io import write_parquet_atomic
 from smallsec_ray.data.schema import ID, META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
@@ -113,21 +111,21 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     device = "cuda" if gpus_per_replica > 0 else "cpu"
     teacher_args = teacher_args_for({**teacher_cfg, "device": device}, classes)
     identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
-    out = Path(out_dir)
+    out = str(out_dir)
     plan = _output_paths(input_paths, out)
     done, pending = [], []
     for source, target in plan.items():
-        (done if target.is_file() else pending).append(source)
-    results = {s: _finished_shard(s, plan[s], classes, identity) for s in done}
+        (done if storage.is_file(target) else pending).append(source)
+    results = {s: _finished_shard(s, out, classes, identity) for s in done}
     _remove_leftovers(out, [plan[s] for s in pending])
     if pending:
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
             ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None, resources=resources or None,
-            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "batch_size": batch_size,
+            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": out, "batch_size": batch_size,
                                    "on_too_long": on_too_long, "relay": console.relay()})
-        total_rows = sum(pq.read_metadata(s).num_rows for s in pending)
+        total_rows = sum(storage.read_metadata(s).num_rows for s in pending)
         progress = console.current()
         with progress.track(name, total_rows, len(pending)) if progress else nullcontext() as tracker:
             for row in labelled.iter_rows():
@@ -136,7 +134,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
                 results[plain["input"]] = ShardLabels(**plain)
                 if tracker:
                     tracker.shard_done()
-    result = LabelRun(str(out), list(classes), identity, [results[s] for s in input_paths])
+    result = LabelRun(out, list(classes), identity, [results[s] for s in input_paths])
     result.seconds = time.monotonic() - started
     _check_accounting(result)
     return result
@@ -147,24 +145,24 @@ def average_runs(runs: list[LabelRun], out_dir: str | Path) -> LabelRun:
     out_dir/probs/NAME.parquet (rows and their order are the same in every member's shard)."""
     started = time.monotonic()
     identity = {"ensemble": [run.teacher for run in runs]}
-    out = Path(out_dir)
-    refs = [_average_shard.remote([s.output for s in shards], str(out / PROBS_DIR / Path(shards[0].input).name),
+    out = str(out_dir)
+    refs = [_average_shard.remote([s.output for s in shards], storage.join(out, PROBS_DIR, _name(shards[0].input)),
                                   identity, len(runs[0].classes))
             for shards in zip(*(run.shards for run in runs), strict=True)]
     ray.get(refs)
     first = runs[0]
-    shards = [ShardLabels(s.input, str(out / PROBS_DIR / Path(s.input).name), s.quarantine, s.rows_in,
+    shards = [ShardLabels(s.input, storage.join(out, PROBS_DIR, _name(s.input)), s.quarantine, s.rows_in,
                           s.rows_labelled, s.rows_quarantined, s.rows_truncated,
                           skipped=all(run.shards[i].skipped for run in runs), seconds=s.seconds)
               for i, s in enumerate(first.shards)]
-    result = LabelRun(str(out), first.classes, identity, shards, seconds=time.monotonic() - started)
+    result = LabelRun(out, first.classes, identity, shards, seconds=time.monotonic() - started)
     _check_accounting(result)
     return result
 
 
 @ray.remote(num_cpus=0.5)
 def _average_shard(members: list[str], target: str, identity: dict, num_classes: int) -> None:
-    tables = [pq.read_table(path) for path in members]
+    tables = [storage.read_table(path) for path in members]
     ids = tables[0][ID]
     for path, table in zip(members[1:], tables[1:], strict=True):
         if not table[ID].equals(ids):
@@ -198,7 +196,7 @@ class ShardLabeller:
     def __init__(self, teacher_args: dict, out_dir: str, batch_size: int, on_too_long: OnTooLong,
                  relay: Any = None) -> None:
         self.teacher = make_teacher(**teacher_args)
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_dir
         self.batch_size = batch_size
         self.on_too_long = on_too_long
         self.relay = relay
@@ -210,15 +208,15 @@ class ShardLabeller:
         return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def label_shard(teacher: Teacher, source: str, out_dir: Path, batch_size: int = 64,
+def label_shard(teacher: Teacher, source: str, out_dir: str, batch_size: int = 64,
                 on_too_long: OnTooLong = "truncate", on_rows: Callable[[int], None] | None = None) -> ShardLabels:
     """Labels one shard with a loaded teacher: writes probs/NAME.parquet (and quarantine/NAME.parquet
     when rows are set aside), each renamed into place once complete, quarantine first. `on_rows` hears
     of every batch done (progress)."""
     started = time.monotonic()
-    target = out_dir / PROBS_DIR / Path(source).name
-    quarantine_target = out_dir / QUARANTINE / Path(source).name
-    quarantine_target.unlink(missing_ok=True)  # left by an attempt that died before its labelled shard
+    target = storage.join(out_dir, PROBS_DIR, _name(source))
+    quarantine_target = storage.join(out_dir, QUARANTINE, _name(source))
+    storage.delete_file(quarantine_target)  # left by an attempt that died before its labelled shard
     reader = _open_shard(source)
     base = pa.schema([f for f in reader.schema_arrow if f.name not in DERIVED])
     metadata = {**(reader.schema_arrow.metadata or {}), META_CLASSES: json.dumps(teacher.classes).encode(),
@@ -243,7 +241,7 @@ def label_shard(teacher: Teacher, source: str, out_dir: Path, batch_size: int = 
     finally:
         labelled.discard()
         quarantined.discard()
-    return ShardLabels(source, str(target), str(quarantine_target) if quarantined.rows else None, rows_in,
+    return ShardLabels(source, target, quarantine_target if quarantined.rows else None, rows_in,
                        labelled.rows, quarantined.rows, labelled.truncated, seconds=time.monotonic() - started)
 
 
@@ -266,20 +264,21 @@ def _label_batch(teacher: Teacher, table: pa.Table, on_too_long: OnTooLong) -> t
 
 
 class _AtomicWriter:
-    """A Parquet file written under a temporary name (opened on the first rows) and renamed on commit."""
+    """A Parquet file that appears at `target` (a local path or a URI) on commit, whole (storage.open_output);
+    opened on the first rows."""
 
-    def __init__(self, target: Path, schema: pa.Schema) -> None:
+    def __init__(self, target: str, schema: pa.Schema) -> None:
         self.target = target
         self.schema = schema
-        self.tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.tmp")
+        self.output: Any = None  # the storage.open_output context
         self.writer: pq.ParquetWriter | None = None
         self.rows = 0
         self.truncated = 0
 
     def ensure_open(self) -> None:
         if self.writer is None:
-            self.target.parent.mkdir(parents=True, exist_ok=True)
-            self.writer = pq.ParquetWriter(self.tmp, self.schema)
+            self.output = storage.open_output(self.target)
+            self.writer = pq.ParquetWriter(self.output.__enter__(), self.schema)
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
@@ -293,18 +292,19 @@ class _AtomicWriter:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-            os.replace(self.tmp, self.target)
+            self.output.__exit__(None, None, None)
 
     def discard(self) -> None:
         if self.writer is not None:
             self.writer.close()
             self.writer = None
-        self.tmp.unlink(missing_ok=True)
+            error = StageError(f"{self.target}: not written")
+            self.output.__exit__(StageError, error, None)  # the file never appears
 
 
 def _open_shard(source: str) -> pq.ParquetFile:
     try:
-        reader = pq.ParquetFile(source)
+        reader = storage.parquet_file(source)
     except (OSError, pa.ArrowException) as err:
         raise DataError(f"{source}: cannot read this Parquet shard ({err}); re-run the prepare stage") from None
     if TEXT not in reader.schema_arrow.names:
@@ -313,40 +313,51 @@ def _open_shard(source: str) -> pq.ParquetFile:
     return reader
 
 
-def _output_paths(input_paths: list[str], out: Path) -> dict[str, Path]:
+def _name(source: str) -> str:
+    """A shard's file name (labelled shards are named after their input)."""
+    return source.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _output_paths(input_paths: list[str], out: str) -> dict[str, str]:
     names: dict[str, str] = {}
     for source in input_paths:
-        name = Path(source).name
+        name = _name(source)
         if name in names:
             raise DataError(f"{source} and {names[name]} have the same file name; labelled shards are named "
                             "after their input, so give each input shard a distinct name")
         names[name] = source
-    return {source: out / PROBS_DIR / Path(source).name for source in input_paths}
+    return {source: storage.join(out, PROBS_DIR, _name(source)) for source in input_paths}
 
 
-def _finished_shard(source: str, target: Path, classes: list[str], identity: dict) -> ShardLabels:
+def _finished_shard(source: str, out: str, classes: list[str], identity: dict) -> ShardLabels:
     """The accounting of a shard an earlier run labelled, after checking it used the same teacher."""
-    meta = pq.read_metadata(target)
+    target = storage.join(out, PROBS_DIR, _name(source))
+    meta = storage.read_metadata(target)
     kv = meta.metadata or {}
     earlier = json.loads(kv.get(META_TEACHER, b"{}"))
     same = ({k: v for k, v in earlier.items() if k not in IDENTITY_FREE}
             == {k: v for k, v in identity.items() if k not in IDENTITY_FREE})
     if json.loads(kv.get(META_CLASSES, b"[]")) != list(classes) or not same:
         raise StageError(f"{target} was labelled by another teacher or for other classes "
-                         f"({earlier}, {kv.get(META_CLASSES)}); delete {target.parent} or label into another "
-                         "folder")
-    quarantine = target.parent.parent / QUARANTINE / target.name
-    rows_quarantined = pq.read_metadata(quarantine).num_rows if quarantine.is_file() else 0
-    truncated = pc.sum(pq.read_table(target, columns=[TRUNCATED])[TRUNCATED]).as_py() or 0
-    return ShardLabels(source, str(target), str(quarantine) if quarantine.is_file() else None,
-                       pq.read_metadata(source).num_rows, meta.num_rows, rows_quarantined, truncated, skipped=True)
+                         f"({earlier}, {kv.get(META_CLASSES)}); delete {storage.join(out, PROBS_DIR)} or label "
+                         "into another folder")
+    quarantine = storage.join(out, QUARANTINE, _name(source))
+    found = storage.is_file(quarantine)
+    rows_quarantined = storage.read_metadata(quarantine).num_rows if found else 0
+    truncated = pc.sum(storage.read_table(target, columns=[TRUNCATED])[TRUNCATED]).as_py() or 0
+    return ShardLabels(source, target, quarantine if found else None, storage.read_metadata(source).num_rows,
+                       meta.num_rows, rows_quarantined, truncated, skipped=True)
 
 
-def _remove_leftovers(out: Path, targets: list[Path]) -> None:
-    """Deletes temporary files that runs which died left for the shards about to be labelled."""
+def _remove_leftovers(out: str, targets: list[str]) -> None:
+    """Deletes temporary files that runs which died left for the shards about to be labelled (a local output;
+    an object store keeps no half-written objects)."""
+    if storage.is_uri(out):
+        return
     for target in targets:
-        for folder in (target.parent, out / QUARANTINE):
-            for tmp in folder.glob(f".{target.name}.*.tmp"):
+        name = _name(target)
+        for folder in (Path(out) / PROBS_DIR, Path(out) / QUARANTINE):
+            for tmp in folder.glob(f".{name}.*"):  # .NAME.tmp-XXXX (and .NAME.XXXX.tmp of older runs)
                 tmp.unlink(missing_ok=True)
 
 

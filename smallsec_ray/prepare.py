@@ -18,9 +18,9 @@ from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 
+from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.io import expand_paths, is_default_id, read_shard, write_parquet_atomic
@@ -63,7 +63,7 @@ def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: Dat
 def _add_split(path: str, assignment: dict[str, str], seen_in: dict[str, str], quarantine_path: str) -> dict:
     """Adds the split column; rows whose id an earlier shard holds (`seen_in`: id -> that shard's input) are
     moved to a quarantine shard of their own."""
-    table = split_table(pq.read_table(path), assignment)
+    table = split_table(storage.read_table(path), assignment)
     moved = 0
     if seen_in:
         again = pc.is_in(table.column(schema.ID), value_set=pa.array(list(seen_in), pa.string()))
@@ -129,9 +129,9 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     for part in PARTS:
         for i, path in enumerate(expand_paths(getattr(data, part))):
             name = f"{part}-{i:05d}-{_stem(path)}.parquet"  # unique across parts: later stages pool them
-            out = ctx.stage_dir / part / name
-            quarantine = ctx.stage_dir / "quarantine" / part / name
-            jobs[part].append(_read_and_validate.remote(path, str(out), str(quarantine), data, spec.classes))
+            out = storage.join(ctx.store_dir, part, name)  # tasks write where every node can read
+            quarantine = storage.join(ctx.store_dir, "quarantine", part, name)
+            jobs[part].append(_read_and_validate.remote(path, out, quarantine, data, spec.classes))
     shards = {part: ray.get(refs) for part, refs in jobs.items()}
 
     skipped = [SkippedFile(s["input"], s["skipped"]) for part in PARTS for s in shards[part] if "skipped" in s]
@@ -160,7 +160,7 @@ def run_prepare(ctx: StageContext) -> PreparedData:
         for s in read[part]:
             repeated[s["output"]] = {i: first_shard[i] for i in s["ids"] if i in first_shard}
             first_shard.update({i: s["input"] for i in s["ids"] if i not in first_shard})
-    dup_path = {s["output"]: str(ctx.stage_dir / "quarantine" / part / ("duplicate-ids-" + Path(s["output"]).name))
+    dup_path = {s["output"]: storage.join(ctx.store_dir, "quarantine", part, "duplicate-ids-" + Path(s["output"]).name)
                 for part in PARTS for s in read[part]}
     split_refs = {part: [_add_split.remote(s["output"], assignment, repeated[s["output"]], dup_path[s["output"]])
                          for s in read[part]] for part in PARTS}

@@ -151,6 +151,9 @@ class FitSpec(Section):
                                   "Faster for models that pad to a batch's longest row (transformer teachers); "
                                   "char students pad to max_length and gain nothing.")
     checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
+    keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept in the output per fit: the best N by "
+                                  "select_by (Ray Train also keeps the latest, to resume from); older ones are "
+                                  "deleted, so a 7B teacher does not leave a checkpoint per epoch behind.")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
     materialize: bool = Field(True, description="Read, filter and mix the training and validation rows once "
                               "and keep them in Ray's object store for every epoch (it spills to disk when "

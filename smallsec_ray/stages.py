@@ -11,6 +11,12 @@ the stages that read it and, through their new run ids, the stages that use thei
 A stage function is `run(ctx, **inputs) -> Result`, where Result is a dataclass (its return annotation).
 The manifest keeps the result as JSON and the next run reads it back typed; results name files by
 paths relative to the run folder, so a finished run can be moved.
+
+A run's output (`RunFolder`) is a local folder, a shared mount or an object-store URI. Work that Ray
+spreads over the cluster (prepared and labelled shards, generated candidates, training checkpoints)
+writes to the output directly (`ctx.store(...)`); what the driver itself makes (models, reports, the
+log) is written to a local folder, which is the output itself when that is local, and is uploaded
+after the stage (`RunFolder.sync`). A stage's manifest is written last, after its files.
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ from typing import Any, get_type_hints
 
 from pydantic import TypeAdapter
 
+from smallsec_ray import storage
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.errors import StageError
 from smallsec_ray.spec import JobSpec
@@ -37,19 +44,96 @@ MANIFEST = "manifest.json"
 STARTED = "started.json"  # the fingerprint a stage was started with: a run that died resumes only under it
 
 
+UPLOADED = ".uploaded.json"  # in a remote output's local folder: what was uploaded (size, mtime per file)
+
+
+@dataclass
+class RunFolder:
+    """Where a run's files go: `store` is the output (a local folder or a URI), `local` this machine's
+    folder for what the driver writes: the output itself when it is local, else a cache folder mirrored
+    to the store by `sync`."""
+
+    store: str
+    local: Path
+
+    @classmethod
+    def at(cls, output: str | Path) -> RunFolder:
+        store = storage.resolve(output)
+        return cls(store, storage.local_folder(store) if storage.is_remote(store) else Path(store))
+
+    @property
+    def remote(self) -> bool:
+        return storage.is_remote(self.store)
+
+    def sync(self) -> int:
+        """Uploads the local files that are new or changed since the last sync (manifests last); returns
+        how many. A no-op for a local output."""
+        if not self.remote:
+            return 0
+        index_path = self.local / UPLOADED
+        index = json.loads(index_path.read_text()) if index_path.is_file() else {}
+        changed = []
+        for path in sorted(self.local.rglob("*")):
+            relative = path.relative_to(self.local).as_posix()
+            if path.is_file() and path.name != UPLOADED and ".tmp" not in path.name:
+                stat = path.stat()
+                if index.get(relative) != [stat.st_size, stat.st_mtime_ns]:
+                    changed.append((path.name == MANIFEST, relative, [stat.st_size, stat.st_mtime_ns]))
+        for _, relative, stamp in sorted(changed):  # manifests after every other file
+            storage.upload(self.local / relative, storage.join(self.store, relative))
+            index[relative] = stamp
+            index_path.write_text(json.dumps(index))
+        return len(changed)
+
+
 @dataclass
 class StageContext:
     spec: JobSpec
-    run_dir: Path
-    stage_dir: Path
+    run_dir: Path  # this machine's folder of the run (see RunFolder.local)
+    stage_dir: Path  # this machine's folder of the stage: what the driver writes goes here
     input_runs: dict[str, str] = field(default_factory=dict)  # stage name -> run id, of the stages it takes
+    store_root: str = ""  # the run's output (RunFolder.store); "" means run_dir
+    sync: Callable[[], int] = lambda: 0  # uploads what the driver wrote so far (RunFolder.sync)
+
+    @property
+    def store_dir(self) -> str:
+        """The stage's folder in the output: where work spread over the cluster writes (shards, checkpoints)."""
+        return self.store(self.stage_dir.name)
+
+    def store(self, relative: str) -> str:
+        """A path from a stage result (relative to the run folder) in the output: what Ray tasks, Ray Data and
+        Ray Train read and write."""
+        return storage.join(self.store_root or str(self.run_dir), relative)
 
     def path(self, relative: str) -> Path:
-        """A path from a stage result (relative to the run folder) as an absolute path."""
-        return self.run_dir / relative
+        """A path from a stage result as a local path (a model folder, a report), fetched from the output if
+        this machine has no copy (the run was started elsewhere)."""
+        local = self.run_dir / relative
+        if self.store_root and storage.is_remote(self.store_root) and not local.exists():
+            storage.download(self.store(relative), local)
+        return local
+
+    def fetch(self, local: Path) -> bool:
+        """Whether a file under the run folder exists, on this machine or in the output (then fetched): what a
+        stage that resumes on another machine reads back."""
+        if local.exists():
+            return True
+        if not (self.store_root and storage.is_remote(self.store_root)):
+            return False
+        remote = self.store_of(local)
+        if not storage.exists(remote):
+            return False
+        storage.download(remote, local)
+        return True
+
+    def store_of(self, local: str | Path) -> str:
+        """The output's location of a local path under the run folder (the same for a local output)."""
+        return self.store(self.relative(local))
 
     def relative(self, path: str | Path) -> str:
-        """A path under the run folder as stage results keep it."""
+        """A path under the run folder (local, or in the output) as stage results keep it."""
+        if self.store_root and storage.is_uri(path):
+            return storage.relative_to(path, self.store_root)
         return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
 
 
@@ -66,9 +150,11 @@ class Stage:
         return get_type_hints(self.run)["return"]
 
 
-def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: str | None = None,
+def run_stages(spec: JobSpec, stages: list[Stage], output: str | Path | RunFolder, force_from: str | None = None,
                until: str | None = None, echo: Callable[[str], None] = print) -> dict[str, Any]:
     """Runs the stages in order, skipping complete ones; returns every stage's result by stage name."""
+    folder = output if isinstance(output, RunFolder) else RunFolder.at(output)
+    run_dir = folder.local
     _check_graph(spec, stages)
     names = [s.name for s in stages]
     for option, value in (("--from", force_from), ("--until", until)):
@@ -81,27 +167,29 @@ def run_stages(spec: JobSpec, stages: list[Stage], run_dir: Path, force_from: st
     for i, stage in enumerate(stages, 1):
         forcing = forcing or stage.name == force_from
         stage_dir = run_dir / stage.name
+        store_dir = storage.join(folder.store, stage.name)
         reads = spec.values_at(stage.reads)
         inputs = {arg: run_ids[source] for arg, source in stage.inputs.items()}
         fingerprint = _fingerprint(reads, inputs)
-        old = read_manifest(stage_dir)
+        old = read_manifest(store_dir)
         tag = f"[{i}/{len(stages)}] {stage.name}"
         if old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint and not forcing:
             echo(f"{tag}: complete (ran {old['finished']}), skipped")
         else:
             # A stage folder without a manifest is a run that died: it is kept so that the stage resumes from
             # what it wrote, but only if it was started with the same keys and inputs. Anything else is stale.
-            started = _read_json(stage_dir / STARTED)
+            started = _read_json(storage.join(store_dir, STARTED))
             resuming = (old is None and not forcing and started is not None
                         and started.get("fingerprint") == fingerprint)
             why = "resuming" if resuming else _why(old or started, reads, inputs, forcing)
-            if stage_dir.exists() and not resuming:
-                _remove_stale(stage_dir)
+            if not resuming:
+                _remove_stale(folder, stage.name)
             echo(f"{tag}: running{f' ({why})' if why else ''} - {stage.about}")
             args = {arg: results[source] for arg, source in stage.inputs.items()}
-            ctx = StageContext(spec, run_dir, stage_dir, {s: run_ids[s] for s in stage.inputs.values()})
-            old = _run_one(stage, ctx, fingerprint, reads, inputs, args)
-            echo(f"{tag}: done in {old['seconds']:.1f}s" + _rows_note(old["result"], stage_dir))
+            ctx = StageContext(spec, run_dir, stage_dir, {s: run_ids[s] for s in stage.inputs.values()},
+                               store_root=folder.store, sync=folder.sync)
+            old = _run_one(stage, ctx, folder, fingerprint, reads, inputs, args)
+            echo(f"{tag}: done in {old['seconds']:.1f}s" + _rows_note(old["result"], store_dir))
         results[stage.name] = TypeAdapter(stage.result_type).validate_python(old["result"])
         run_ids[stage.name] = old["run_id"]
         if stage.name == until:
@@ -116,12 +204,13 @@ def make_run_dir(run_dir: Path) -> None:
     run_dir.chmod(run_dir.stat().st_mode & ~0o007)
 
 
-def read_manifest(stage_dir: Path) -> dict | None:
-    return _read_json(stage_dir / MANIFEST)
+def read_manifest(stage_dir: str | Path) -> dict | None:
+    """A stage's manifest (the stage's folder, local or in the output), None if it has none."""
+    return _read_json(storage.join(stage_dir, MANIFEST))
 
 
-def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.is_file() else None
+def _read_json(location: str) -> dict | None:
+    return json.loads(storage.read_text(location)) if storage.is_file(location) else None
 
 
 def check_rows(name: str, result: Any, where: str = "") -> None:
@@ -169,11 +258,11 @@ def _why(old: dict | None, reads: dict[str, Any], inputs: dict[str, str], forcin
     return f"changed: {', '.join(changed)}" if changed else "inputs changed"
 
 
-def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str, Any], inputs: dict[str, str],
-             args: dict[str, Any]) -> dict:
+def _run_one(stage: Stage, ctx: StageContext, folder: RunFolder, fingerprint: str, reads: dict[str, Any],
+             inputs: dict[str, str], args: dict[str, Any]) -> dict:
     ctx.stage_dir.mkdir(parents=True, exist_ok=True)
     started = time.time()
-    (ctx.stage_dir / STARTED).write_text(json.dumps(
+    storage.write_text(storage.join(ctx.store_dir, STARTED), json.dumps(
         {"fingerprint": fingerprint, "reads": reads, "inputs": inputs, "started": _iso(started)}, default=str))
     result = stage.run(ctx, **args)
     if not isinstance(result, stage.result_type):
@@ -193,26 +282,38 @@ def _run_one(stage: Stage, ctx: StageContext, fingerprint: str, reads: dict[str,
         "result_type": type(result).__name__,
         "result": asdict(result),
     }
-    tmp = ctx.stage_dir / (MANIFEST + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2, default=str))
-    tmp.replace(ctx.stage_dir / MANIFEST)
+    folder.sync()  # what the driver wrote, before the manifest that vouches for it
+    storage.write_text(storage.join(ctx.store_dir, MANIFEST), json.dumps(manifest, indent=2, default=str))
     return manifest
 
 
-def _rows_note(result: dict, stage_dir: Path) -> str:
+def _rows_note(result: dict, stage_dir: str) -> str:
     """" (rows in 20, out 18, quarantined 2; 7 files skipped ...)" for a stage result with row counts."""
     rows = result.get("rows") if isinstance(result, dict) else None
     note = RowCounts(**rows).summary() if isinstance(rows, dict) else ""
     skipped = result.get("files_skipped") if isinstance(result, dict) else None
     if skipped:
         note += (f"; {len(skipped)} file(s) skipped as unreadable, their rows not counted above (which and why: "
-                 f"{stage_dir / MANIFEST})")
+                 f"{storage.join(stage_dir, MANIFEST)})")
     return f" ({note.lstrip('; ')})" if note else ""
 
 
-def _remove_stale(stage_dir: Path) -> None:
-    """Deletes a stage folder this tool wrote so that the stage runs afresh. A folder of that name without the
-    tool's started.json, or with files added after the stage finished (a user's notes), is refused instead."""
+def _remove_stale(folder: RunFolder, name: str) -> None:
+    """Deletes a stage folder this tool wrote so that the stage runs afresh (in the output and this machine's
+    copy). A folder of that name without the tool's started.json, or with files added after the stage finished
+    (a user's notes), is refused instead."""
+    if folder.remote:
+        store_dir = storage.join(folder.store, name)
+        if storage.list_files(store_dir) and not storage.is_file(storage.join(store_dir, STARTED)):
+            raise StageError(f"{store_dir} holds files this tool did not write (no {STARTED}), and the stage "
+                             "would replace it; move them, or give the job another output")
+        storage.delete_dir(store_dir)
+        shutil.rmtree(folder.local / name, ignore_errors=True)
+        _forget_uploads(folder, name)
+        return
+    stage_dir = folder.local / name
+    if not stage_dir.exists():
+        return
     if not (stage_dir / STARTED).is_file() and any(stage_dir.iterdir()):
         raise StageError(f"{stage_dir} holds files this tool did not write (no {STARTED}), and the stage would "
                          "replace it; move them, or give the job another output folder")
@@ -225,6 +326,13 @@ def _remove_stale(stage_dir: Path) -> None:
             raise StageError(f"{stage_dir} holds {len(added)} file(s) added after the stage finished ({names}), and "
                              "the stage is about to run again and replace the folder; move them out first")
     shutil.rmtree(stage_dir)
+
+
+def _forget_uploads(folder: RunFolder, name: str) -> None:
+    index_path = folder.local / UPLOADED
+    if index_path.is_file():
+        index = json.loads(index_path.read_text())
+        index_path.write_text(json.dumps({k: v for k, v in index.items() if not k.startswith(name + "/")}))
 
 
 def _iso(t: float) -> str:

@@ -14,7 +14,6 @@ import io
 import json
 import os
 import re
-import uuid
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -26,6 +25,7 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from smallsec_ray import storage
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.schema import GROUP, ID, LABEL, REASON, RESERVED, SOURCE, SPLIT, TEXT
 from smallsec_ray.data.validate import validate_table
@@ -476,19 +476,11 @@ def _failures_table(failures: list[tuple[int, str, str | None]], path: str) -> p
 
 
 def write_parquet_atomic(table: pa.Table, path: str, metadata: dict[bytes, bytes] | None = None) -> None:
-    """Writes Parquet to a temporary name in the same folder, then renames it into place, so that readers and
-    resumed runs never see a half-written shard; metadata is merged into the schema metadata."""
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
+    """Writes a Parquet shard (a local path or a URI) so that readers and resumed runs never see half of it
+    (storage.open_output); metadata is merged into the schema metadata."""
     if metadata:
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
-    tmp = os.path.join(folder, f".{os.path.basename(path)}.tmp-{uuid.uuid4().hex}")
-    try:
-        pq.write_table(table, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    storage.write_parquet(table, path)
 
 
 def read_parquet_meta(path: str) -> dict[bytes, bytes]:

@@ -22,10 +22,9 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 
-from smallsec_ray import console
+from smallsec_ray import console, storage
 from smallsec_ray.data.io import write_parquet_atomic
 from smallsec_ray.data.schema import ID, LABEL, REASON, TEXT
 from smallsec_ray.errors import StageError
@@ -78,15 +77,15 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
     device = "cuda" if gpus_per_replica > 0 else "cpu"
     teacher_args = teacher_args_for({**teacher_cfg, "device": device}, teacher_cfg["classes"])
     teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
-    out = Path(out_dir) / CANDIDATES
-    pending = [p for p in plans if not (out / f"{p.key}.parquet").is_file()]
+    out = storage.join(out_dir, CANDIDATES)
+    pending = [p for p in plans if not storage.is_file(storage.join(out, f"{p.key}.parquet"))]
     if pending:
         items = ray.data.from_items([{"plan": json.dumps(asdict(p))} for p in pending],
                                     override_num_blocks=len(pending))
         written = items.map_batches(
             FamilyWriter, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None, resources=resources or None,
-            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": str(out), "per_family": per_family,
+            fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": out, "per_family": per_family,
                                    "params": params})
         progress = console.current()
         with progress.track("generate", per_family * len(pending), len(pending)) if progress else nullcontext() as t:
@@ -94,7 +93,8 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
                 if t:
                     t.add(per_family)
                     t.shard_done()
-    return {p.key: json.loads(pq.read_schema(out / f"{p.key}.parquet").metadata[META_GENERATION]) for p in plans}
+    return {p.key: json.loads(storage.read_schema(storage.join(out, f"{p.key}.parquet")).metadata[META_GENERATION])
+            for p in plans}
 
 
 class FamilyWriter:
@@ -103,7 +103,7 @@ class FamilyWriter:
     def __init__(self, teacher_args: dict, out_dir: str, per_family: int, params: dict[str, Any]) -> None:
         self.teacher = make_teacher(**teacher_args)
         self.identity = self.teacher.identity()
-        self.out_dir = Path(out_dir)
+        self.out_dir = out_dir
         self.per_family = per_family
         self.params = params
 
@@ -125,7 +125,7 @@ class FamilyWriter:
                 SLOTS: [json.dumps(c.slots) for c in rows], UNFILLED: [json.dumps(c.unfilled) for c in rows]})
             meta = {"generator": self.identity, **params, "per_family": self.per_family,
                     "prompts": generated.prompts, "seconds": generated.seconds}
-            write_parquet_atomic(table, str(self.out_dir / f"{key}.parquet"),
+            write_parquet_atomic(table, storage.join(self.out_dir, f"{key}.parquet"),
                                  {META_GENERATION: json.dumps(meta).encode()})
             names.append(key)
         return {"family": names}
@@ -134,8 +134,7 @@ class FamilyWriter:
 def filter_families(plans: list[FamilyPlan], out_dir: str | Path, artifact: str, seeds: list[str],
                     min_text_chars: int, near: float, seed_near: float) -> list[FamilyCounts]:
     """Checks and deduplicates every family's candidates (one Ray task each) into accepted/ and rejected/."""
-    out = Path(out_dir)
-    refs = [_filter_family.remote(str(out), p.key, artifact, seeds, min_text_chars, near, seed_near) for p in plans]
+    refs = [_filter_family.remote(str(out_dir), p.key, artifact, seeds, min_text_chars, near, seed_near) for p in plans]
     counts = [FamilyCounts(**c) for c in ray.get(refs)]
     for c in counts:
         if c.accepted + sum(c.rejected.values()) != c.candidates:
@@ -147,9 +146,7 @@ def filter_families(plans: list[FamilyPlan], out_dir: str | Path, artifact: str,
 @ray.remote(num_cpus=0.5)
 def _filter_family(out_dir: str, key: str, artifact: str, seeds: list[str], min_text_chars: int,
                    near: float, seed_near: float) -> dict:
-    out = Path(out_dir)
-    source = out / CANDIDATES / f"{key}.parquet"
-    table = pq.read_table(source)
+    table = storage.read_table(storage.join(out_dir, CANDIDATES, f"{key}.parquet"))
     meta = json.loads(table.schema.metadata[META_GENERATION])
     texts = table.column(TEXT).to_pylist()
     labels = table.column(LABEL).to_pylist()
@@ -167,8 +164,8 @@ def _filter_family(out_dir: str, key: str, artifact: str, seeds: list[str], min_
     rejected = table.filter(pa.array(~keep)).append_column(REASON, pa.array([r for r in reasons if r is not None],
                                                                             pa.string()))
     metadata = {META_GENERATION: json.dumps(meta).encode()}
-    write_parquet_atomic(rejected, str(out / REJECTED / f"{key}.parquet"), metadata)
-    write_parquet_atomic(accepted, str(out / ACCEPTED / f"{key}.parquet"), metadata)
+    write_parquet_atomic(rejected, storage.join(out_dir, REJECTED, f"{key}.parquet"), metadata)
+    write_parquet_atomic(accepted, storage.join(out_dir, ACCEPTED, f"{key}.parquet"), metadata)
     return asdict(FamilyCounts(key, table.num_rows, accepted.num_rows,
                                dict(Counter(r for r in reasons if r is not None)), meta["prompts"], meta["seconds"]))
 

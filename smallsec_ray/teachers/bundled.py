@@ -15,6 +15,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from smallsec_ray import storage
 from smallsec_ray.errors import SpecError
 
 log = logging.getLogger(__name__)
@@ -27,9 +28,10 @@ BUNDLED = (PREFIX + MINILM, PREFIX + SMOLLM2)
 
 
 def resolve_model(name: str) -> Path:
-    """The local folder of a teacher model: a bundled model's folder, or `name` itself as a path."""
+    """The local folder of a teacher model: a bundled model's folder, `name` itself as a path, or for a
+    model in an object store (a teacher fine-tuned into a remote output) a local copy of it."""
     if not name.startswith(PREFIX):
-        path = Path(name).expanduser()
+        path = storage.local_copy(name) if storage.is_remote(name) else Path(name).expanduser()
         if not (path / "config.json").is_file():
             raise SpecError(f"teacher.model: {name!r} is not a Hugging Face model folder (no config.json); "
                             f"give a local model folder or {PREFIX}{MINILM} / {PREFIX}{SMOLLM2}")
@@ -45,7 +47,7 @@ def resolve_model(name: str) -> Path:
 
 def cache_dir() -> Path:
     """Where converted models are kept: $SMALLSEC_CACHE, else ~/.cache/smallsec."""
-    return Path(os.environ.get("SMALLSEC_CACHE") or Path.home() / ".cache" / "smallsec").expanduser()
+    return storage.cache_root()
 
 
 def _package_dir(module: str, distribution: str) -> Path:

@@ -70,12 +70,14 @@ class TeacherTask:
 
 def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds: Any, finetune: FinetuneSpec,
                      max_length: int, out_dir: str | Path, name: str = "finetune_teacher",
-                     seed: int = 0, pseudo_labelled: bool = False) -> TrainedModel:
+                     seed: int = 0, pseudo_labelled: bool = False, store_dir: str | None = None) -> TrainedModel:
     """Fine-tunes the classifier in `model_dir` on the labelled rows of `train_ds` (best epoch by validation
     loss on `val_ds`); the result's model_dir is a Hugging Face model folder (out_dir/model). `seed` seeds
     the new head and the dropout (ensemble members differ by it). With `pseudo_labelled`, every row of
-    `train_ds` carries `probs` (one-hot for labelled rows) and the unlabelled ones learn them."""
+    `train_ds` carries `probs` (one-hot for labelled rows) and the unlabelled ones learn them. Checkpoints go
+    under `store_dir` (out_dir's place in the run's output; default out_dir)."""
     task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length, use_soft_labels=pseudo_labelled)
     labelled = col(LABEL).is_not_null()
     train = train_ds if pseudo_labelled else train_ds.filter(expr=labelled)
-    return fit(task, finetune, train, val_ds.filter(expr=labelled), out_dir, name=name, seed=seed)
+    return fit(task, finetune, train, val_ds.filter(expr=labelled), out_dir, name=name, seed=seed,
+               store_dir=store_dir)

@@ -35,7 +35,7 @@ from ray.train.torch import TorchTrainer
 from sklearn.metrics import roc_auc_score
 from torch import nn
 
-from smallsec_ray import console
+from smallsec_ray import console, storage
 from smallsec_ray.data.schema import LABEL, PROBS, TEXT, WEIGHT
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.label_policy import PolicyReport
@@ -364,9 +364,12 @@ def storage_name(name: str) -> str:
 
 
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
-        drill: dict[str, Any] | None = None, seed: int = 0) -> TrainedModel:
-    """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model."""
+        drill: dict[str, Any] | None = None, seed: int = 0, store_dir: str | None = None) -> TrainedModel:
+    """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model
+    (a local folder). The checkpoints go to `store_dir`/checkpoints: out_dir's place in the run's output
+    (a shared path or an object-store URI that every worker writes to; default out_dir)."""
     out_dir = Path(out_dir).resolve()
+    checkpoints = storage.join(store_dir or str(out_dir), CHECKPOINTS_DIR)
     scaling = training.scaling
     if training.max_rows:
         train_ds = train_ds.limit(training.max_rows)
@@ -390,9 +393,10 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
                            "name": name, "relay": console.relay(), "fail_once_at_step": drill, "seed": seed},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
-            name=storage_name(name), storage_path=str(out_dir / CHECKPOINTS_DIR),
+            name=storage_name(name), storage_path=checkpoints,
             failure_config=FailureConfig(max_failures=scaling.max_failures),
-            checkpoint_config=CheckpointConfig(num_to_keep=1, checkpoint_score_attribute=best_by[0],
+            checkpoint_config=CheckpointConfig(num_to_keep=training.keep_checkpoints,
+                                               checkpoint_score_attribute=best_by[0],
                                                checkpoint_score_order=best_by[1]),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),
         datasets={"train": train_ds.randomize_block_order(seed=0), "validation": val_ds},
@@ -423,7 +427,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
 def train_student(training: FitSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
                   out_dir: str | Path, distillation: DistillationSpec | None = None,
                   lineage: Lineage | None = None, name: str = "train_student",
-                  drill: dict[str, Any] | None = None, seed: int = 0) -> TrainedModel:
+                  drill: dict[str, Any] | None = None, seed: int = 0, store_dir: str | None = None) -> TrainedModel:
     """Trains a student on `train_ds` (columns text, label, and probs when `distillation` is given; weight
     optional), picking the best epoch on `val_ds`. With student.init_from, training continues from that
     model folder (trained or shipped): its weights, architecture and encoder, e.g. a production model
@@ -442,4 +446,4 @@ def train_student(training: FitSpec, student: StudentSpec, classes: list[str], t
         model, encoder = build_student(student.model, student.preset, len(classes), student.max_length)
         config = ModelConfig(student_config(model), encoder.config(), list(classes), lineage)
         task = StudentTask(config, distillation)
-    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill, seed=seed)
+    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill, seed=seed, store_dir=store_dir)

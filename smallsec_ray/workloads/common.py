@@ -18,11 +18,11 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 import ray
 import torch
 from ray.data.expressions import col
 
+from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
@@ -82,7 +82,8 @@ def run_finetune_teacher(ctx: StageContext, data: PreparedData) -> Teachers:
         out = ctx.stage_dir if size == 1 else ctx.stage_dir / f"member-{i}"
         trained = finetune_teacher(resolve_model(teacher.model), spec.classes, train, dataset(paths, "validation"),
                                    teacher.finetune, teacher.max_length, out,
-                                   name="finetune_teacher" if size == 1 else f"finetune_teacher[{i}]", seed=i)
+                                   name="finetune_teacher" if size == 1 else f"finetune_teacher[{i}]", seed=i,
+                                   store_dir=ctx.store_of(out))
         trained = replace(trained, model_dir=ctx.relative(trained.model_dir))
         members.append(TeacherModel(trained.model_dir, finetuned=True, training=trained))
     return Teachers(members)
@@ -112,21 +113,21 @@ class TeacherLabels:
 
 
 def label_parts(ctx: StageContext, data: PreparedData, teachers: Teachers, parts: tuple[str, ...],
-                out_dir: Path | None = None, name: str = "label") -> TeacherLabels:
+                out_dir: str | None = None, name: str = "label") -> TeacherLabels:
     """The teacher scores every prepared shard of `parts`, in one pipeline (the replicas start once), into
-    `out_dir` (default: the stage's folder). An ensemble's members score in turn, each into its own folder,
-    and their probabilities are averaged."""
+    `out_dir` (a folder in the output; default: the stage's). An ensemble's members score in turn, each into
+    its own folder, and their probabilities are averaged."""
     spec = ctx.spec
-    out_dir = out_dir or ctx.stage_dir
-    part_of = {str(ctx.path(shard)): part for part in parts for shard in data.shards(part)}
+    out_dir = out_dir or ctx.store_dir
+    part_of = {ctx.store(shard): part for part in parts for shard in data.shards(part)}
     started = time.monotonic()
     runs = []
     for i, teacher in enumerate(teachers.members):
-        model = str(ctx.path(teacher.model)) if teacher.finetuned else teacher.model
+        model = ctx.store(teacher.model) if teacher.finetuned else teacher.model  # replicas fetch a remote one
         teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "model": model,
                        "artifact": spec.artifact}
-        out = out_dir if len(teachers.members) == 1 else out_dir / f"member-{i}"
-        runs.append(label_shards(list(part_of), str(out), teacher_cfg, spec.classes, spec.labeling.replicas,
+        out = out_dir if len(teachers.members) == 1 else storage.join(out_dir, f"member-{i}")
+        runs.append(label_shards(list(part_of), out, teacher_cfg, spec.classes, spec.labeling.replicas,
                                  spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
                                  spec.labeling.batch_size, spec.labeling.on_too_long,
                                  name=name if len(teachers.members) == 1 else f"{name}[{i}]",
@@ -177,7 +178,7 @@ def train_on(ctx: StageContext, clean: list[str], noisy: list[str], val_paths: l
     trained = train_student(spec.training, spec.student, spec.classes, train,
                             dataset(val_paths, "validation", distilled), ctx.stage_dir,
                             distillation=spec.distillation if distilled else None, lineage=lineage,
-                            name=ctx.stage_dir.name)
+                            name=ctx.stage_dir.name, store_dir=ctx.store_dir)
     return replace(trained, model_dir=ctx.relative(trained.model_dir), label_policy=report)
 
 
@@ -190,7 +191,7 @@ def noise_plan(spec: JobSpec, noisy: list[str]) -> NoisePlan | None:
     groups: list = []
     labels: list = []
     if noise.mode == "groups":
-        table = pa.concat_tables([pq.read_table(p, columns=[schema.GROUP, schema.LABEL]) for p in noisy])
+        table = pa.concat_tables([storage.read_table(p, columns=[schema.GROUP, schema.LABEL]) for p in noisy])
         groups, labels = strings(table, schema.GROUP), strings(table, schema.LABEL)
     return plan_noise(noise.mode, noise.flip_rates, spec.classes, noise.seed, groups, labels, noise.column)
 
@@ -253,13 +254,14 @@ def run_export(ctx: StageContext, model: TrainedModel, data: PreparedData) -> Ex
 
 
 def ctx_paths(ctx: StageContext, shards: list[str]) -> list[str]:
-    return [str(ctx.path(s)) for s in shards]
+    """Shards of a stage result where they are read from (the output: a local path or a URI)."""
+    return [ctx.store(s) for s in shards]
 
 
 def training_columns(paths: list[str], with_probs: bool) -> list[str]:
     """The columns training reads that the shards have (probs only for a distilled student)."""
     wanted = [c for c in TRAIN_COLUMNS if with_probs or c != schema.PROBS]
-    return [c for c in wanted if c in pq.read_schema(paths[0]).names] if paths else wanted
+    return [c for c in wanted if c in storage.read_schema(paths[0]).names] if paths else wanted
 
 
 def dataset(paths: list[str], split: str, with_probs: bool = True, extra: tuple[str, ...] = ()) -> ray.data.Dataset:
@@ -270,7 +272,7 @@ def dataset(paths: list[str], split: str, with_probs: bool = True, extra: tuple[
 
 def read_rows(paths: list[str], split: str | None = None) -> pa.Table:
     """The rows of some shards (one split, or all) as one table, for small driver-side work."""
-    table = pa.concat_tables([pq.read_table(p) for p in paths], promote_options="permissive")
+    table = pa.concat_tables([storage.read_table(p) for p in paths], promote_options="permissive")
     return table if split is None else table.filter(pc.equal(table.column(schema.SPLIT), split))
 
 

@@ -22,10 +22,10 @@ from dataclasses import asdict, dataclass, replace
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 from matplotlib.figure import Figure
 from pydantic import TypeAdapter
 
+from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.evaluation import ModelReport, class_metrics, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
@@ -101,11 +101,12 @@ def run_rounds(ctx: StageContext, data: PreparedData, teachers: Teachers, labels
     for k in range(2, semi.rounds + 1):
         best = max(rounds, key=lambda r: _metric(r, semi.round_metric))
         done = ctx.stage_dir / f"round-{k}" / DONE
-        if done.is_file():
+        if ctx.fetch(done):
             this = TypeAdapter(Round).validate_python(json.loads(done.read_text()))
         else:
             this = _one_round(ctx, data, best, k)
             done.write_text(json.dumps(asdict(this), default=str))
+            ctx.sync()  # a remote output gets the round now: a rerun on any machine resumes after it
         rounds.append(this)
         if this.gain is None or this.gain < semi.min_gain:
             stopped = (f"round {k} gained {this.gain:+.4f} in validation {semi.round_metric}, below min_gain "
@@ -132,10 +133,11 @@ def _one_round(ctx: StageContext, data: PreparedData, previous: Round, k: int) -
             fn_kwargs={"keep": keep, "classes": spec.classes, "hard": semi.round_targets == "hard"}))
     trained = finetune_teacher(resolve_model(spec.teacher.model), spec.classes, train, dataset(labelled, "validation"),
                                spec.teacher.finetune, spec.teacher.max_length, folder / "teacher",
-                               name=f"finetune_teacher[round {k}]", seed=k, pseudo_labelled=True)
+                               name=f"finetune_teacher[round {k}]", seed=k, pseudo_labelled=True,
+                               store_dir=ctx.store_of(folder / "teacher"))
     teacher = TeacherModel(ctx.relative(trained.model_dir), finetuned=True,
                            training=replace(trained, model_dir=ctx.relative(trained.model_dir)))
-    labels = label_parts(ctx, data, Teachers([teacher]), SCORED_PARTS, out_dir=folder / "labels",
+    labels = label_parts(ctx, data, Teachers([teacher]), SCORED_PARTS, out_dir=ctx.store_of(folder / "labels"),
                          name=f"label[round {k}]")
     validation = _validation(ctx, labels)
     this = Round(k, Teachers([teacher]), labels, validation, len(keep), None)
@@ -219,7 +221,7 @@ def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[s
     spec = ctx.spec
     folder = ctx.stage_dir / _slug(name)
     done = folder / DONE
-    if done.is_file():
+    if ctx.fetch(done):
         return TypeAdapter(TrainedModel).validate_python(json.loads(done.read_text()))
     parts = []
     if labelled_ids:
@@ -235,9 +237,10 @@ def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[s
                             "pseudo_labelled_rows": len(pool_ids)})
     model = train_student(spec.training, spec.student, spec.classes, train, dataset(labelled, "validation"),
                           folder, distillation=spec.distillation, lineage=lineage,
-                          name=f"train_students[{name}]")
+                          name=f"train_students[{name}]", store_dir=ctx.store_of(folder))
     model = replace(model, model_dir=ctx.relative(model.model_dir))
     done.write_text(json.dumps(asdict(model), default=str))
+    ctx.sync()
     return model
 
 
@@ -292,7 +295,7 @@ def _pool_sample(pool: list[str], classes: list[str], max_rows: int | None, conf
                  seed: int) -> list[str]:
     if not pool:
         return []
-    table = pa.concat_tables([pq.read_table(p, columns=[schema.ID, schema.SPLIT, schema.PROBS]) for p in pool])
+    table = pa.concat_tables([storage.read_table(p, columns=[schema.ID, schema.SPLIT, schema.PROBS]) for p in pool])
     table = table.filter(pc.equal(table[schema.SPLIT], "train"))
     eligible = _eligible(table, classes, confidence, None, seed)
     return eligible[:max_rows] if max_rows else eligible
@@ -435,7 +438,7 @@ def _gap_closed(curves: list[dict], teacher) -> dict[str, float | None]:
 def _pseudo_label_accuracy(ctx: StageContext, r: Round) -> dict:
     """How often the round's most likely class is the pool row's true label (rows with a known one)."""
     paths = ctx_paths(ctx, r.labels.shards(POOL))
-    if not paths or schema.TRUE_LABEL not in pq.read_schema(paths[0]).names:
+    if not paths or schema.TRUE_LABEL not in storage.read_schema(paths[0]).names:
         return {"round": r.round, "rows_with_true_label": 0}
     pool = read_rows(paths, "train")
     pool = pool.filter(pc.is_valid(pool[schema.TRUE_LABEL]))

@@ -23,10 +23,10 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
-import pyarrow.parquet as pq
 import ray
 from matplotlib.figure import Figure
 
+from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.evaluation import ClassMetrics, class_metrics, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
@@ -98,7 +98,7 @@ def run_generate(ctx: StageContext) -> Generation:
     teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "artifact": spec.artifact,
                    "classes": spec.classes}
     params = {"seed": syn.seed, "temperature": syn.temperature, "max_tokens": syn.max_tokens, "retries": syn.retries}
-    figures = generate_families(family_plans(spec), ctx.stage_dir, teacher_cfg, syn.per_family, params,
+    figures = generate_families(family_plans(spec), ctx.store_dir, teacher_cfg, syn.per_family, params,
                                 spec.labeling.replicas, spec.labeling.cpus_per_replica, spec.labeling.gpus_per_replica,
                                 spec.labeling.resources)
     return Generation(ctx.relative(ctx.stage_dir), figures)
@@ -120,16 +120,16 @@ class Filtered:
 
 def run_filter(ctx: StageContext, generation: Generation) -> Filtered:
     spec, syn = ctx.spec, ctx.spec.synthetic
-    seeds = [t for p in syn.seeds for t in pq.read_table(p, columns=[schema.TEXT]).column(schema.TEXT).to_pylist()
+    seeds = [t for p in syn.seeds for t in storage.read_table(p, columns=[schema.TEXT]).column(schema.TEXT).to_pylist()
              if t] if syn.seeds else []
-    counts = filter_families(family_plans(spec), ctx.path(generation.folder), spec.artifact, seeds,
+    counts = filter_families(family_plans(spec), ctx.store(generation.folder), spec.artifact, seeds,
                              syn.min_text_chars, syn.near_duplicate, syn.seed_similarity)
     return Filtered(generation.folder, counts)
 
 
 def accepted_rows(ctx: StageContext, filtered: Filtered, keys: list[str]) -> pa.Table:
-    paths = [ctx.path(filtered.folder) / ACCEPTED / f"{k}.parquet" for k in keys]
-    return pa.concat_tables([pq.read_table(p) for p in paths if p.is_file()])
+    paths = [ctx.store(f"{filtered.folder}/{ACCEPTED}/{k}.parquet") for k in keys]
+    return pa.concat_tables([storage.read_table(p) for p in paths if storage.is_file(p)])
 
 
 # ---------------------------------------------------------------- production and training
@@ -153,7 +153,7 @@ def run_production(ctx: StageContext, data: PreparedData) -> Production:
                       data={"input_runs": ctx.input_runs})
     trained = train_student(spec.training, spec.student, spec.classes, dataset(labelled, "train", with_probs=False),
                             dataset(labelled, "validation", with_probs=False), ctx.stage_dir, lineage=lineage,
-                            name=ctx.stage_dir.name)
+                            name=ctx.stage_dir.name, store_dir=ctx.store_dir)
     trained = replace(trained, model_dir=ctx.relative(trained.model_dir))
     return Production(trained.model_dir, trained_here=True, training=trained)
 
@@ -184,7 +184,8 @@ def run_train_student(ctx: StageContext, data: PreparedData, filtered: Filtered,
                             "replay_rows": replay.num_rows, "train_families": train_families(spec)})
     student = spec.student.model_copy(update={"init_from": str(production_folder(ctx, production))})
     trained = train_student(syn.training or spec.training, student, spec.classes, ray.data.from_arrow(train),
-                            ray.data.from_arrow(val), ctx.stage_dir, lineage=lineage, name=ctx.stage_dir.name)
+                            ray.data.from_arrow(val), ctx.stage_dir, lineage=lineage, name=ctx.stage_dir.name,
+                            store_dir=ctx.store_dir)
     return replace(trained, model_dir=ctx.relative(trained.model_dir))
 
 
