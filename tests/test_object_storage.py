@@ -85,8 +85,7 @@ def test_a_distill_job_runs_unchanged_with_its_output_on_s3(s3, tmp_path, tiny_c
         "name": "s3", "workload": "distill", "artifact": "cmdline",
         "data": {"labelled": [str(data / "cmdline/labelled")], "noisy": [str(data / "cmdline/noisy")],
                  "split": {"validation": 0.25, "test": 0.2}},
-        "teacher": {"model": str(tiny_classifier), "max_length": 64,
-                    "finetune": {"epochs": 1, "batch_size": 32, "keep_checkpoints": 1}},
+        "teacher": {"model": str(tiny_classifier), "max_length": 64, "finetune": {"enabled": False}},
         "labeling": {"cpus_per_replica": 0.5, "batch_size": 32},
         "student": {"model": "char_cnn", "preset": "tiny"},
         "training": {"epochs": 2, "batch_size": 64, "keep_checkpoints": 1, "scaling": {"workers": 2}},
@@ -152,10 +151,9 @@ def test_local_output_layout_is_unchanged(tmp_path):
 
 
 def test_submit_to_a_two_node_cluster_writes_the_run_to_s3(s3, tmp_path, tiny_classifier, monkeypatch, capsys):
-    """`smallsec submit` to a head and a worker node on this machine (ray.cluster_utils.Cluster); the teacher
-    replica may only run on the worker (a custom resource), so its shards reach S3 from another node."""
-    from ray.cluster_utils import Cluster
-    from test_submit import free_port
+    """`smallsec submit` to a head and a worker node on this machine; the teacher replica may only run on the
+    worker (a custom resource), so its shards reach S3 from another node than the job's driver."""
+    from test_submit import start_head
 
     from smallsec_ray.cli import main
 
@@ -172,36 +170,27 @@ def test_submit_to_a_two_node_cluster_writes_the_run_to_s3(s3, tmp_path, tiny_cl
     work.mkdir()
     (work / "job.yaml").write_text(yaml.safe_dump(spec))
     monkeypatch.chdir(work)
-    # As on a cluster node with the project's venv active: the job's `python` has smallsec_ray.
-    monkeypatch.setenv("PATH", f"{Path(sys.executable).parent}:{os.environ['PATH']}")
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
-    monkeypatch.delenv("RAY_ADDRESS", raising=False)
-    dashboard = free_port()
-    ports = {"dashboard_agent_listen_port": free_port, "metrics_export_port": free_port,
-             "runtime_env_agent_port": free_port}
-    cluster = Cluster(initialize_head=True, connect=False, head_node_args={
-        "num_cpus": 2, "node_ip_address": "127.0.0.1", "include_dashboard": True, "dashboard_host": "127.0.0.1",
-        "dashboard_port": dashboard, "temp_dir": tempfile.mkdtemp(prefix="rs", dir="/tmp"),
-        "object_store_memory": 300 << 20, **{k: f() for k, f in ports.items()}})
+    # The nodes get the S3 endpoint and keys from their environment, as cluster nodes get an instance role.
+    head = start_head(Path(tempfile.mkdtemp(prefix="rs", dir="/tmp")), {"RAY_AUTH_MODE": "disabled", **s3},
+                      workers=({"teacher": 1},))
+    address = next(head)
     try:
-        cluster.add_node(num_cpus=2, resources={"teacher": 1}, object_store_memory=300 << 20,
-                         **{k: f() for k, f in ports.items()})
-        code = main(["submit", "job.yaml", "--address", f"http://127.0.0.1:{dashboard}", "--until", "label",
-                     "--wait"])
+        code = main(["submit", "job.yaml", "--address", address, "--until", "label", "--wait"])
         printed = capsys.readouterr().out
         assert code == 0, printed[-3000:]
     finally:
-        cluster.shutdown()
+        next(head, None)
     assert f"output {output}" in printed and "[3/7] label: done" in printed, printed[-3000:]
     prepare = json.loads(storage.read_text(f"{output}/prepare/manifest.json"))["result"]
     label = json.loads(storage.read_text(f"{output}/label/manifest.json"))["result"]
-    prepared = sorted(i for part in ("labelled", "noisy") for s in prepare["parts"][part]["shards"]
-                      for i in storage.read_table(f"{output}/{s}", ["id"])["id"].to_pylist())
-    labelled = sorted(i for part in ("labelled", "noisy") for s in label["parts"][part]
-                      for i in storage.read_table(f"{output}/{s}", ["id"])["id"].to_pylist())
-    quarantined = sorted(i for s in label["quarantine"]
-                         for i in storage.read_table(f"{output}/{s}", ["id"])["id"].to_pylist())
-    assert sorted(labelled + quarantined) == prepared  # every prepared row once, none lost
+
+    def ids(shards: list[str]) -> list[str]:
+        return [i for s in shards for i in storage.read_table(f"{output}/{s}", ["id"])["id"].to_pylist()]
+
+    prepared = ids([s for part in ("labelled", "noisy") for s in prepare["parts"][part]["shards"]])
+    labelled = ids([s for part in ("labelled", "noisy") for s in label["parts"][part]]) + ids(label["quarantine"])
+    assert sorted(labelled) == sorted(prepared)  # every prepared row once, none lost
     assert storage.is_file(f"{output}/job.log") and storage.is_file(f"{output}/spec.resolved.json")
 
 

@@ -27,11 +27,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_head(temp_dir: Path, auth: dict[str, str]):
-    """A Ray head with the Jobs API, in its own process group so that the test can stop exactly it
-    (`ray stop` would stop every Ray on the machine); yields its dashboard address."""
+def _agent_ports() -> list[str]:
+    # Fixed default agent ports would collide with the test session's own Ray (and between nodes on one
+    # machine): the node's job agent would not start and every submission would get "No available agent".
+    return [f"--dashboard-agent-listen-port={free_port()}", f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}", f"--runtime-env-agent-port={free_port()}"]
+
+
+def start_head(temp_dir: Path, auth: dict[str, str], workers: tuple[dict[str, float], ...] = ()):
+    """A Ray head with the Jobs API (and a worker node per `workers` entry, offering those custom resources),
+    each in its own process group so that the test can stop exactly them (`ray stop` would stop every Ray on
+    the machine); yields the dashboard address."""
     temp_dir.mkdir(parents=True, exist_ok=True)
-    port, dash, agent, agent_grpc, metrics, runtime_env = (free_port() for _ in range(6))
+    port, dash = free_port(), free_port()
     # As with an activated venv on a cluster node: the job's `python` is the one with smallsec_ray.
     venv_bin = str(Path(sys.executable).parent)
     env = {**os.environ, **auth, "PATH": f"{venv_bin}:{os.environ['PATH']}"}
@@ -40,12 +48,9 @@ def start_head(temp_dir: Path, auth: dict[str, str]):
     proc = subprocess.Popen(
         [str(ray_bin), "start", "--head", "--block", f"--port={port}", "--num-cpus=2",
          "--node-ip-address=127.0.0.1", "--dashboard-host=127.0.0.1", f"--dashboard-port={dash}",
-         f"--temp-dir={temp_dir}", "--include-dashboard=true",
-         # Fixed default agent ports would collide with the test session's own Ray: the head's job
-         # agent would not start and every submission would get "No available agent".
-         f"--dashboard-agent-listen-port={agent}", f"--dashboard-agent-grpc-port={agent_grpc}",
-         f"--metrics-export-port={metrics}", f"--runtime-env-agent-port={runtime_env}"],
+         f"--temp-dir={temp_dir}", "--include-dashboard=true", *_agent_ports()],
         env=env, start_new_session=True, stdout=subprocess.DEVNULL, stderr=open(temp_dir / "ray-start.log", "w"))
+    nodes = [proc]
     address = f"http://127.0.0.1:{dash}"
     deadline = time.time() + 120
     while time.time() < deadline:
@@ -62,12 +67,20 @@ def start_head(temp_dir: Path, auth: dict[str, str]):
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("the Ray head's dashboard did not come up in 120 s")
+    for i, resources in enumerate(workers):  # once the head is up: a worker joins a running cluster
+        nodes.append(subprocess.Popen(
+            [str(ray_bin), "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=2",
+             "--node-ip-address=127.0.0.1", f"--resources={json.dumps(resources)}",
+             f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}", *_agent_ports()],
+            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+            stderr=open(temp_dir / f"ray-start-worker-{i}.log", "w")))
     yield address
-    os.killpg(proc.pid, signal.SIGTERM)
-    try:
-        proc.wait(timeout=30)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
+    for node in reversed(nodes):
+        os.killpg(node.pid, signal.SIGTERM)
+        try:
+            node.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            os.killpg(node.pid, signal.SIGKILL)
 
 
 @pytest.fixture
