@@ -53,7 +53,8 @@ def cluster():
     temp = tempfile.mkdtemp(prefix="rn", dir="/tmp")
     saved_tmpdir = os.environ.get("RAY_TMPDIR")
     os.environ["RAY_TMPDIR"] = temp  # also where the Cluster writes its address file (not /tmp/ray)
-    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 300 << 20})
+    cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 3, "object_store_memory": 300 << 20,
+                                                         "include_dashboard": False})
     init_ray(address=cluster.address)
     yield cluster
     ray.shutdown()
@@ -67,8 +68,19 @@ def cluster():
         init_ray(num_cpus=4)
 
 
-def add_node(cluster, resource: str, cpus: float = 1):
-    return cluster.add_node(num_cpus=cpus, resources={resource: 1}, object_store_memory=100 << 20)
+@pytest.fixture
+def add_node(cluster):
+    """add_node(resource): a worker node of 1 CPU offering one `resource`; the test's nodes go when it ends."""
+    added = []
+
+    def add(resource: str):
+        added.append(cluster.add_node(num_cpus=1, resources={resource: 1}, object_store_memory=100 << 20))
+        return added[-1]
+
+    yield add
+    for node in added:
+        if node in cluster.worker_nodes:
+            cluster.remove_node(node, allow_graceful=False)
 
 
 def crash(cluster, node) -> None:
@@ -139,12 +151,12 @@ def label_shards_in(shared_data, tmp_path_factory) -> list[str]:
 
 
 def test_labelling_finishes_when_the_teacher_node_is_lost_and_labels_each_row_once(
-        cluster, label_shards_in, tiny_classifier, tmp_path):
+        cluster, add_node, label_shards_in, tiny_classifier, tmp_path):
     from smallsec_ray.labeling import label_shards
 
     out = tmp_path / "labels"
     probs_dir = out / "probs"
-    first = add_node(cluster, TEACHER_NODE)
+    first = add_node(TEACHER_NODE)
     teacher_cfg = {"kind": "classifier", "backend": "hf", "model": str(tiny_classifier), "max_length": 64,
                    "dtype": "float32", "artifact": "cmdline"}
     thread, box = in_thread(label_shards, label_shards_in, str(out), teacher_cfg, TINY_CLASSES, replicas=1,
@@ -158,7 +170,7 @@ def test_labelling_finishes_when_the_teacher_node_is_lost_and_labels_each_row_on
     in_flight = wait_for(mid_shard, 300, "a labelled shard and another one in flight")
     crash(cluster, first)
     assert all(p.exists() for p in in_flight), "the shard in flight finished before its node was lost"
-    add_node(cluster, TEACHER_NODE)  # as an autoscaler replaces a lost node
+    add_node(TEACHER_NODE)  # as an autoscaler replaces a lost node
     result = joined(thread, box, 300)
 
     inputs = pa.concat_tables([pq.read_table(p) for p in label_shards_in])
@@ -206,8 +218,8 @@ def trained_lineage(trace: Path) -> tuple[list[int], dict[int, Counter]]:
     return resumes, counts
 
 
-def test_training_resumes_after_losing_a_worker_node_and_trains_each_row_once_per_epoch(cluster, train_val,
-                                                                                      tmp_path):
+def test_training_resumes_after_losing_a_worker_node_and_trains_each_row_once_per_epoch(cluster, add_node,
+                                                                                      train_val, tmp_path):
     import ray
     import torch
 
@@ -216,7 +228,7 @@ def test_training_resumes_after_losing_a_worker_node_and_trains_each_row_once_pe
     from smallsec_ray.training.trainer import row_keys, train_student
 
     train, val = train_val
-    nodes = [add_node(cluster, TRAINER_NODE) for _ in range(2)]  # one worker on each
+    nodes = [add_node(TRAINER_NODE) for _ in range(2)]  # one worker on each
     steps_per_epoch = math.ceil(len(train) / 2 / BATCH)  # 8
     # Checkpoints at steps 8 (epoch 1), 10 (mid-epoch 2) and 16; a worker's node is lost at step 12.
     spec = TrainingSpec(epochs=2, batch_size=BATCH, learning_rate=3e-3, early_stopping_patience=0,
@@ -239,7 +251,7 @@ def test_training_resumes_after_losing_a_worker_node_and_trains_each_row_once_pe
 
     stop = wait_for(stopped, 400, "the drill to stop a worker", poll=0.2)
     crash(cluster, next(n for n in nodes if n.node_id == stop["node"]))
-    add_node(cluster, TRAINER_NODE)  # as an autoscaler replaces a lost node
+    add_node(TRAINER_NODE)  # as an autoscaler replaces a lost node
     result = joined(thread, box, 400)
 
     # Resumed from the mid-epoch checkpoint (step 10), not from the epoch's start or from scratch.
