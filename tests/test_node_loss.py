@@ -286,7 +286,7 @@ def test_a_driver_killed_while_labelling_reruns_reusing_finished_stages_and_shar
     from smallsec_ray.data.demo import write_demo_data
 
     data, out = tmp_path / "data", tmp_path / "run"
-    write_demo_data(data, seed=1, scale=0.06)
+    write_demo_data(data, seed=1, scale=0.3)  # ~1,700 rows in 8 shards: labelling takes a few seconds
     spec = {
         "name": "driver-loss", "workload": "distill", "artifact": "cmdline",
         "data": {"labelled": [str(data / "cmdline/labelled")], "noisy": [str(data / "cmdline/noisy")],
@@ -307,8 +307,8 @@ def test_a_driver_killed_while_labelling_reruns_reusing_finished_stages_and_shar
         with open(tmp_path / "first.txt", "w") as printed:
             driver = subprocess.Popen(command, env=env, stdout=printed, stderr=subprocess.STDOUT)
         try:
-            wait_for(lambda: len(list(probs.glob("*.parquet"))) >= 2 or driver.poll() is not None, 400,
-                     "two labelled shards", poll=0.02)
+            wait_for(lambda: list(probs.glob("*.parquet")) or driver.poll() is not None, 400,
+                     "a labelled shard", poll=0.02)
             family = psutil.Process(driver.pid).children(recursive=True)  # its Ray: the head's processes
             driver.send_signal(signal.SIGKILL)
         finally:
