@@ -150,7 +150,9 @@ class FitSpec(Section):
                                   "at a time are sorted by length, cut into batches and taken in a random order. "
                                   "Faster for models that pad to a batch's longest row (transformer teachers); "
                                   "char students pad to max_length and gain nothing.")
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps; the "
+                                               "rows need an id column (a run resumed mid-epoch leaves out "
+                                               "the rows it trained on by id).")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
     materialize: bool = Field(True, description="Read, filter and mix the training and validation rows once "
                               "and keep them in Ray's object store for every epoch (it spills to disk when "
