@@ -7,6 +7,9 @@ and writes one output shard, under a temporary name renamed into place once comp
 * an output shard exists only when all its rows are labelled: a run that dies loses at most the
   shards in flight, never leaves a partial one, and a rerun labels only the shards whose output is
   missing, so no row is ever labelled twice;
+* a replica lost with its node is restarted (on a node that offers its resources) and its shard in
+  flight labelled again from the start, under a new temporary name: the lost attempt's temporary
+  files are deleted once every shard is done;
 * every replica runs the same loop one would write by hand (teacher called on batch after batch),
   and rows never pass through the driver, so the pipeline keeps the engine's own rate; what Ray adds
   is a fixed start-up cost and the spread of shards over replicas.
@@ -47,6 +50,10 @@ PROBS_DIR, QUARANTINE = "probs", "quarantine"
 DERIVED = (PROBS, TRUNCATED, REASON)  # columns a previous labelling round added; replaced, not kept
 # Identity fields that do not change the probabilities: a rerun may differ in them.
 IDENTITY_FREE = ("model", "backend", "device", "engine")
+# A replica whose node is lost comes back as often as it takes, and its shard in flight is labelled again
+# (Ray Data's defaults today; said here because the no-row-lost promise rests on them). A shard labelled
+# twice is written twice under the same name, never appended to.
+REPLICA_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
 
 
 @dataclass
@@ -124,7 +131,8 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
             ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None, resources=resources or None,
             fn_constructor_kwargs={"teacher_args": teacher_args, "out_dir": out, "batch_size": batch_size,
-                                   "on_too_long": on_too_long, "relay": console.relay()})
+                                   "on_too_long": on_too_long, "relay": console.relay()},
+            **REPLICA_FAULT_TOLERANCE)
         total_rows = sum(storage.read_metadata(s).num_rows for s in pending)
         progress = console.current()
         with progress.track(name, total_rows, len(pending)) if progress else nullcontext() as tracker:
@@ -134,6 +142,7 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
                 results[plain["input"]] = ShardLabels(**plain)
                 if tracker:
                     tracker.shard_done()
+        _remove_leftovers(out, [plan[s] for s in pending])  # of attempts lost with their node
     result = LabelRun(out, list(classes), identity, [results[s] for s in input_paths])
     result.seconds = time.monotonic() - started
     _check_accounting(result)

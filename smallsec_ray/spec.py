@@ -150,7 +150,9 @@ class FitSpec(Section):
                                   "at a time are sorted by length, cut into batches and taken in a random order. "
                                   "Faster for models that pad to a batch's longest row (transformer teachers); "
                                   "char students pad to max_length and gain nothing.")
-    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps.")
+    checkpoint_every_steps: int | None = Field(None, gt=0, description="Also checkpoint every N steps; the "
+                                               "rows need an id column (a run resumed mid-epoch leaves out "
+                                               "the rows it trained on by id).")
     keep_checkpoints: int = Field(1, ge=1, description="Checkpoints kept in the output per fit: the best N by "
                                   "select_by (Ray Train also keeps the latest, to resume from); older ones are "
                                   "deleted, so a 7B teacher does not leave a checkpoint per epoch behind.")

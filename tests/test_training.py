@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import torch
 
-from smallsec_ray.errors import DataError
+from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.spec import DistillationSpec, StudentSpec, TrainingSpec
 from smallsec_ray.students import build_student, student_config
 from smallsec_ray.students.folder import Lineage, ModelConfig, load_model
@@ -86,14 +86,16 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, row
     steps_per_epoch = math.ceil(len(train) / 2 / 64)  # 13: each worker gets half the rows
     # Checkpoints after epoch 1 (step 13) and at steps 5, 10, 15; a worker dies at step 16.
     # With a warmup and cosine decay: the schedule's state is part of the checkpoint it resumes from.
+    # Ids: the resumed epoch leaves out the rows it trained on by id.
+    train = train.assign(id=[f"row-{i}" for i in range(len(train))])
     result = train_student(spec(epochs=2, checkpoint_every_steps=5, schedule="cosine", warmup=0.2),
                            StudentSpec(preset="tiny"), CLASSES,
                            ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path / "out",
                            distillation=DistillationSpec(), drill={"step": steps_per_epoch + 3, "marker": str(marker)})
     assert marker.exists(), "the drill did not kill a worker"
     assert [m["epoch"] for m in result.epochs] == [1, 2]
-    # The restarted group resumed mid-epoch 2 from the step-15 checkpoint, not from scratch, and skipped
-    # the 2 batches of epoch 2 it had already trained on.
+    # The restarted group resumed mid-epoch 2 from the step-15 checkpoint, not from scratch, and left out
+    # the rows of the 2 batches of epoch 2 it had already trained on (test_node_loss checks them by id).
     assert [m["resumed_at_step"] for m in result.epochs] == [0, 15]
     assert result.epochs[-1]["global_step"] == 2 * steps_per_epoch
     assert (tmp_path / "out" / "model" / "model.safetensors").is_file()
@@ -169,3 +171,10 @@ def test_length_grouped_batches_hold_every_row_once_in_rows_of_similar_length(ra
     spans = [b[-1] - b[0] for b in first]
     assert np.mean(spans) < 60  # a random batch of 10 from 1..300 spans ~245
     assert lengths(0) == first and lengths(1) != first  # a seeded order, another each epoch
+
+
+def test_mid_epoch_checkpoints_without_row_ids_are_refused(ray_local, rows, tmp_path):
+    train, val = rows
+    with pytest.raises(StageError, match="checkpoint_every_steps needs an 'id' column"):
+        train_student(spec(checkpoint_every_steps=5), StudentSpec(preset="tiny"), CLASSES,
+                      ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path)

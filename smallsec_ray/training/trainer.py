@@ -7,12 +7,18 @@ the workers validate, save a checkpoint and report it; Ray Train keeps the best 
 and the latest. A worker that dies makes Ray Train restart the group, which resumes from the latest
 checkpoint. The best model is copied out as a plain folder that `load_student` reads without Ray.
 
+Resuming mid-epoch: Ray Data need not hand the rows out in the same order after a restart (the split over
+workers is dynamic, and the group may come back on other nodes), so a checkpoint keeps which rows of the
+current epoch were trained on, as 64-bit keys of their ids (8 bytes a row, each rank its own file), and the
+resumed epoch drops those rows before batching: every row is trained on once per epoch.
+
 Out folder:  model/ (config.json + model.safetensors)   metrics.json   checkpoints/ (Ray Train storage)
 A rerun into the same out folder continues from its latest checkpoint.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -36,7 +42,7 @@ from sklearn.metrics import roc_auc_score
 from torch import nn
 
 from smallsec_ray import console, storage
-from smallsec_ray.data.schema import LABEL, PROBS, TEXT, WEIGHT
+from smallsec_ray.data.schema import ID, LABEL, PROBS, TEXT, WEIGHT
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.label_policy import PolicyReport
 from smallsec_ray.spec import DistillationSpec, FitSpec, StudentSpec
@@ -47,7 +53,10 @@ from smallsec_ray.training.engine import build_engine
 from smallsec_ray.training.loss import distillation_loss
 
 CHECKPOINTS_DIR, METRICS_FILE, PROGRESS_FILE = "checkpoints", "metrics.json", "progress.json"
+TRAINED_FILES = "trained-rows.rank-{rank}.npy"  # in a checkpoint: keys of the rows its epoch has trained on
+ROW_KEYS = "row_keys"  # in an encoded batch: the rows' keys (when the rows have ids)
 DRILL_WAIT_S = 5.0
+DRILL_HANG_S = 120.0  # a drill waiting for its node to be taken away gives up (and exits) after this
 SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) each
 
 
@@ -127,6 +136,8 @@ class EncodeBatch(NumpyBatchCollateFn):
             out["probs"] = torch.from_numpy(np.stack(batch[PROBS]).astype(np.float32))
         if WEIGHT in batch:
             out["weights"] = torch.from_numpy(batch[WEIGHT].astype(np.float32))
+        if ID in batch:
+            out[ROW_KEYS] = torch.from_numpy(row_keys(batch[ID]))
         return out
 
     def _label_id(self, label: Any) -> int:
@@ -136,6 +147,13 @@ class EncodeBatch(NumpyBatchCollateFn):
             raise DataError(f"row label {label!r} is not one of the classes {list(self.index)}; fix the rows "
                             "or add the class to `classes` in the spec")
         return self.index[label]
+
+
+def row_keys(ids: Any) -> np.ndarray:
+    """64-bit keys (blake2b) of row ids: what a checkpoint keeps of the rows an epoch has trained on. Two of
+    n ids share a key with odds of about n^2 / 2^65 (3e-8 at a million rows)."""
+    digests = b"".join(hashlib.blake2b(str(i).encode(), digest_size=8).digest() for i in ids)
+    return np.frombuffer(digests, dtype="<i8").copy()
 
 
 @dataclass
@@ -169,12 +187,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     encode = EncodeBatch(task)
 
     progress = Progress()
+    trained = np.zeros(0, np.int64)  # keys of the rows the current epoch trained on before a restart (all ranks)
     checkpoint = ray.train.get_checkpoint()  # set after a restart, or when continuing a run
     if checkpoint:
         with checkpoint.as_directory() as folder:
             engine.load(Path(folder))
             progress = Progress.read(Path(folder))
+            trained = read_trained(Path(folder))
     resumed_at_step = progress.global_step  # 0 for a fresh start; shows restarts in the metrics
+    filler = no_signal_batch(encode, engine.device)
 
     train_rows = ray.train.get_dataset_shard("train")
     val_rows = ray.train.get_dataset_shard("validation")
@@ -182,32 +203,35 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         engine.train()
         sums = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss x rows, rows (no per-step sync)
         started = time.perf_counter()
-        batches = (length_grouped(train_rows, training.batch_size, encode, shuffle_seed=progress.epoch)
-                   if training.group_by_length else
-                   train_rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
-                                                 local_shuffle_buffer_size=SHUFFLE_BUFFER,
-                                                 local_shuffle_seed=progress.epoch))
-        for i, batch in enumerate(batches):
-            if i < progress.step_in_epoch:  # done before the restart
-                continue
+        mine: list[np.ndarray] = [trained] if rank == 0 else []  # this epoch's keys in this rank's checkpoints
+        batches = epoch_batches(train_rows, training, encode, progress.epoch, trained)
+        if len(trained):  # ranks hold different numbers of rows not yet trained on: keep them in step
+            batches = in_lockstep(batches, filler, engine.device)
+        for batch in batches:
             logits = task.logits(engine, batch).float()
             loss = task.loss(logits, batch)
             engine.backward(loss)
             engine.step()
             progress.step_in_epoch += 1
             progress.global_step += 1
-            sums[0] += loss.detach() * len(logits)
-            sums[1] += len(logits)
+            rows = len(batch[ROW_KEYS]) if ROW_KEYS in batch else len(logits)
+            sums[0] += loss.detach() * rows
+            sums[1] += rows
+            if ROW_KEYS in batch:
+                mine.append(batch[ROW_KEYS].cpu().numpy())
+            trace_step(config, rank, progress, resumed_at_step, batch)
             fail_once_at_step(config, progress.global_step)
             if training.checkpoint_every_steps and progress.global_step % training.checkpoint_every_steps == 0:
                 metrics = validate(engine, task, encode, val_rows, training)
-                save_and_report(engine, task, progress, metrics, training)
+                save_and_report(engine, task, progress, metrics, training,
+                                np.concatenate([np.zeros(0, np.int64), *mine]))
 
         seconds = time.perf_counter() - started
         train_loss_sum, rows = all_sum(sums, engine.device).tolist()
         metrics = validate(engine, task, encode, val_rows, training)
         progress.epoch += 1
         progress.step_in_epoch = 0
+        trained = np.zeros(0, np.int64)
         if score(metrics, training) < progress.best_score:
             progress.best_score, progress.bad_epochs = score(metrics, training), 0
         else:
@@ -220,7 +244,45 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             stop = progress.out_of_patience(training.early_stopping_patience) and progress.epoch < training.epochs
             console.post(config["relay"], f"    {config['name']}: " + epoch_line(metrics, training.epochs)
                          + ("  (early stop)" if stop else ""))
-        save_and_report(engine, task, progress, metrics, training)
+        save_and_report(engine, task, progress, metrics, training, trained)
+
+
+def epoch_batches(rows: Any, training: FitSpec, encode: EncodeBatch, epoch: int,
+                  trained: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch's training batches, in a seeded order; without the rows whose keys are in `trained` (done
+    before a restart), which are dropped before batching, so that batches stay full."""
+    if training.group_by_length:
+        return length_grouped(rows, training.batch_size, encode, shuffle_seed=epoch, skip=trained)
+    if len(trained):
+        return unseen_batches(rows, training.batch_size, encode, epoch, trained)
+    return rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
+                                   local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=epoch)
+
+
+def in_lockstep(batches: Iterator[dict[str, torch.Tensor]], filler: dict[str, torch.Tensor],
+                device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+    """The batches, then `filler` until every rank has run out: data-parallel ranks must take the same
+    steps, and after a restart each holds a different number of rows still to train on. Costs one small
+    all-reduce a step, in the resumed epoch only."""
+    batches = iter(batches)
+    while True:
+        batch = next(batches, None)
+        if all_sum(torch.tensor([batch is not None], dtype=torch.float64), device).item() == 0:
+            return
+        yield filler if batch is None else batch
+
+
+def no_signal_batch(encode: EncodeBatch, device: torch.device) -> dict[str, torch.Tensor]:
+    """One empty row without a label: a step on it gives a zero loss that still runs backward (see loss.py)."""
+    batch = encode({TEXT: np.array([""], dtype=object), LABEL: np.array([None], dtype=object)})
+    batch[ROW_KEYS] = torch.zeros(0, dtype=torch.int64)  # counts as no row
+    return {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def read_trained(folder: Path) -> np.ndarray:
+    """The keys of the rows a checkpoint's epoch has trained on, from every rank's file."""
+    parts = [np.load(path) for path in folder.glob(TRAINED_FILES.format(rank="*"))]
+    return np.unique(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
 
 
 def epoch_line(m: dict[str, Any], epochs: int) -> str:
@@ -238,16 +300,15 @@ def score(metrics: dict[str, Any], training: FitSpec) -> float:
 
 
 def length_grouped(rows: Any, batch_size: int, encode: EncodeBatch, shuffle_seed: int | None = None,
-                   group: int = 16, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+                   group: int = 16, device: torch.device | None = None,
+                   skip: np.ndarray | None = None) -> Iterator[dict[str, torch.Tensor]]:
     """Batches of rows of similar length, so that little of each batch is padding: `group` batches at a time
     are sorted by text length and cut into batches, taken in a seeded random order (training) or in order
     (`shuffle_seed` None: validation). Every worker cuts the same number of batches from the same number of
-    rows, so data-parallel steps stay in lockstep."""
+    rows, so data-parallel steps stay in lockstep (rows left out by `skip`, row keys, break that: see
+    in_lockstep)."""
     device = device or ray.train.torch.get_device()
-    chunks = rows.iter_batches(batch_size=batch_size * group, batch_format="numpy",
-                               **({"local_shuffle_buffer_size": SHUFFLE_BUFFER, "local_shuffle_seed": shuffle_seed}
-                                  if shuffle_seed is not None else {}))
-    for i, chunk in enumerate(chunks):
+    for i, chunk in enumerate(_chunks(rows, batch_size * group, shuffle_seed, skip)):
         by_length = np.argsort([len(str(t)) for t in chunk[TEXT]], kind="stable")
         cuts = [by_length[k:k + batch_size] for k in range(0, len(by_length), batch_size)]
         if shuffle_seed is not None:
@@ -255,6 +316,29 @@ def length_grouped(rows: Any, batch_size: int, encode: EncodeBatch, shuffle_seed
         for cut in cuts:
             batch = encode({name: values[cut] for name, values in chunk.items()})
             yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def unseen_batches(rows: Any, batch_size: int, encode: EncodeBatch, shuffle_seed: int, skip: np.ndarray,
+                   group: int = 16, device: torch.device | None = None) -> Iterator[dict[str, torch.Tensor]]:
+    """Batches of the rows whose keys are not in `skip`, in a seeded order: `group` batches' worth of rows at a
+    time, less the skipped ones, cut into batches (the last of each group may be short)."""
+    device = device or ray.train.torch.get_device()
+    for chunk in _chunks(rows, batch_size * group, shuffle_seed, skip):
+        for k in range(0, len(chunk[TEXT]), batch_size):
+            batch = encode({name: values[k:k + batch_size] for name, values in chunk.items()})
+            yield {name: tensor.to(device) for name, tensor in batch.items()}
+
+
+def _chunks(rows: Any, size: int, shuffle_seed: int | None, skip: np.ndarray | None) -> Iterator[dict[str, np.ndarray]]:
+    """Numpy batches of `size` rows (shuffled with a seed, if given), less the rows whose keys are in `skip`."""
+    chunks = rows.iter_batches(batch_size=size, batch_format="numpy",
+                               **({"local_shuffle_buffer_size": SHUFFLE_BUFFER, "local_shuffle_seed": shuffle_seed}
+                                  if shuffle_seed is not None else {}))
+    for chunk in chunks:
+        if skip is not None and len(skip):
+            keep = ~np.isin(row_keys(chunk[ID]), skip)
+            chunk = {name: values[keep] for name, values in chunk.items()}
+        yield chunk
 
 
 def validate(engine: Any, task: Task, encode: EncodeBatch, rows: Any, training: FitSpec) -> dict[str, Any]:
@@ -314,9 +398,11 @@ def all_sum(values: torch.Tensor, device: torch.device) -> torch.Tensor:
     return values.cpu()
 
 
-def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[str, Any], training: FitSpec) -> None:
-    """Every rank writes its part (ZeRO shards) to its own folder; Ray Train merges them into one
-    checkpoint: model/ (the rebuildable model), the engine's training state, progress.json."""
+def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[str, Any], training: FitSpec,
+                    trained: np.ndarray) -> None:
+    """Every rank writes its part (ZeRO shards, the keys of the rows it trained on in this epoch: `trained`)
+    to its own folder; Ray Train merges them into one checkpoint: model/ (the rebuildable model), the
+    engine's training state, progress.json, trained-rows.rank-*.npy."""
     state = engine.full_state_dict(task.save_dtype(training.scaling.precision))  # collective under ZeRO-3
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
@@ -324,6 +410,8 @@ def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[s
         if state is not None:
             task.save(state, folder / MODEL_DIR)
             progress.write(folder)
+        if len(trained):
+            np.save(folder / TRAINED_FILES.format(rank=ray.train.get_context().get_world_rank()), trained)
         has_files = any(folder.iterdir())
         report = {"global_step": progress.global_step, "epochs_done": progress.epoch, **metrics}
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
@@ -331,18 +419,35 @@ def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[s
 
 def fail_once_at_step(config: dict[str, Any], step: int) -> None:
     """Fault drill: the last rank dies at `fail_once_at_step`, once (a marker file remembers it), so that
-    tests and operators can watch a run restart from its last checkpoint."""
+    tests and operators can watch a run restart from its last checkpoint. With "hang": true it stops instead
+    and waits for the drill to take its node away (node loss); the marker (JSON) names the node."""
     drill = config.get("fail_once_at_step")
     if not drill or step != drill["step"]:
         return
     context = ray.train.get_context()
     marker = Path(drill["marker"])
     if context.get_world_rank() == context.get_world_size() - 1 and not marker.exists():
-        marker.write_text(f"worker {context.get_world_rank()} exited at step {step}\n")
         # Ray Train collects reports when it polls the workers (every 2 s): a worker that dies sooner
         # after a report can take that checkpoint with it. Wait, as a crash later in a long epoch would.
         time.sleep(DRILL_WAIT_S)
+        marker.write_text(json.dumps({"rank": context.get_world_rank(), "step": step,
+                                      "node": ray.get_runtime_context().get_node_id()}))
+        if drill.get("hang"):
+            time.sleep(DRILL_HANG_S)
         os._exit(1)
+
+
+def trace_step(config: dict[str, Any], rank: int, progress: Progress, resumed_at_step: int,
+               batch: dict[str, torch.Tensor]) -> None:
+    """Fault drill: with a "trace" folder, each rank appends the keys of the rows every step trained on to
+    rank-R.jsonl there, so that a test can check that each row was trained on once per epoch."""
+    drill = config.get("fail_once_at_step")
+    if not drill or not drill.get("trace") or ROW_KEYS not in batch:
+        return
+    line = {"epoch": progress.epoch, "step": progress.global_step, "resumed_at_step": resumed_at_step,
+            "keys": batch[ROW_KEYS].cpu().tolist()}
+    with open(Path(drill["trace"]) / f"rank-{rank}.jsonl", "a") as f:
+        f.write(json.dumps(line) + "\n")
 
 
 @dataclass
@@ -382,6 +487,10 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     train_count = train_ds.count()
     if train_count < scaling.workers:
         raise StageError(f"{name}: {train_count} training rows for {scaling.workers} workers; give more rows")
+    if training.checkpoint_every_steps and ID not in train_ds.schema().names:
+        raise StageError(f"{name}: checkpoint_every_steps needs an {ID!r} column in the training rows (a run "
+                         "that resumes mid-epoch leaves out the rows it trained on by id); give the rows ids, "
+                         "or checkpoint at epoch ends only")
     steps_per_epoch = math.ceil(train_count / scaling.workers / training.batch_size)
     use_gpu = scaling.gpus_per_worker > 0
     best_by = ("val_loss", "min") if training.select_by == "loss" else ("val_auc", "max")
