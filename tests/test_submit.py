@@ -67,13 +67,27 @@ def start_head(temp_dir: Path, auth: dict[str, str], workers: tuple[dict[str, fl
     else:
         os.killpg(proc.pid, signal.SIGTERM)
         pytest.fail("the Ray head's dashboard did not come up in 120 s")
-    for i, resources in enumerate(workers):  # once the head is up: a worker joins a running cluster
+    # Once the head is up, the workers join; a loaded 2-core machine needs more than Ray's 60 s to start one.
+    worker_env = {**env, "RAY_raylet_start_wait_time_s": "300"}
+    for i, resources in enumerate(workers):
         nodes.append(subprocess.Popen(
             [str(ray_bin), "start", "--block", f"--address=127.0.0.1:{port}", "--num-cpus=2",
              "--node-ip-address=127.0.0.1", f"--resources={json.dumps(resources)}",
+             # A folder of its own: in the head's, the worker's runtime-env agent would delete the job's working
+             # dir (unused on that node) from under the job's driver.
+             f"--temp-dir={temp_dir / f'w{i}'}",
              f"--node-manager-port={free_port()}", f"--object-manager-port={free_port()}", *_agent_ports()],
-            env=env, start_new_session=True, stdout=subprocess.DEVNULL,
+            env=worker_env, start_new_session=True, stdout=subprocess.DEVNULL,
             stderr=open(temp_dir / f"ray-start-worker-{i}.log", "w")))
+    deadline = time.time() + 360
+    while workers and _alive_nodes(address) < 1 + len(workers):
+        failed = [i for i, node in enumerate(nodes[1:]) if node.poll() is not None]
+        if failed or time.time() > deadline:
+            for node in nodes:
+                os.killpg(node.pid, signal.SIGKILL)
+            log = (temp_dir / f"ray-start-worker-{failed[0] if failed else 0}.log").read_text()[-2000:]
+            pytest.fail(f"a Ray worker node did not join the head: {log}")
+        time.sleep(2)
     yield address
     for node in reversed(nodes):
         os.killpg(node.pid, signal.SIGTERM)
@@ -81,6 +95,16 @@ def start_head(temp_dir: Path, auth: dict[str, str], workers: tuple[dict[str, fl
             node.wait(timeout=30)
         except subprocess.TimeoutExpired:
             os.killpg(node.pid, signal.SIGKILL)
+
+
+def _alive_nodes(address: str) -> int:
+    """How many nodes the head's state API lists as alive (0 while it does not answer)."""
+    try:
+        with urllib.request.urlopen(f"{address}/api/v0/nodes?limit=100", timeout=10) as answer:
+            nodes = json.loads(answer.read())["data"]["result"]["result"]
+    except (OSError, ValueError, KeyError):
+        return 0
+    return sum(node.get("state") == "ALIVE" for node in nodes)
 
 
 @pytest.fixture
