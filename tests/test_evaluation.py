@@ -12,6 +12,7 @@ from smallsec_ray.evaluation import (
     evaluate_model,
     evaluate_scores,
     label_audit,
+    merge_audits,
     operating_point,
     pick_threshold,
 )
@@ -201,3 +202,19 @@ def test_label_audit_without_truth_and_with_a_higher_confidence_bar():
     audit = _audit(top_k=10, with_truth=False, min_confidence=0.95)
     assert [r.id for r in audit.rows] == ["r0", "r1"]
     assert audit.precision is None and audit.recall is None and audit.rows[0].true_label is None
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 5, 10])
+def test_merged_shard_audits_equal_the_audit_of_all_rows(top_k):
+    ids, given, p, true = zip(*AUDIT_ROWS, strict=True)
+    whole = label_audit(list(ids), [f"text of {i}" for i in ids], list(given), _probs(p), CLASSES, top_k,
+                        true_labels=list(true))
+    for cuts in ([0, 8], [0, 3, 8], [0, 1, 4, 4, 8]):  # shards in order; one of them empty
+        shards = [label_audit(list(ids[a:b]), [f"text of {i}" for i in ids[a:b]], list(given[a:b]),
+                              _probs(p[a:b]).reshape(-1, len(CLASSES)), CLASSES, top_k, true_labels=list(true[a:b]))
+                  for a, b in zip(cuts, cuts[1:], strict=False)]
+        merged = merge_audits(shards, top_k)
+        assert [(r.rank, r.id) for r in merged.rows] == [(r.rank, r.id) for r in whole.rows], cuts
+        assert (merged.n_rows, merged.n_labelled, merged.n_disagreements, merged.n_wrong_labels) == (
+            whole.n_rows, whole.n_labelled, whole.n_disagreements, whole.n_wrong_labels)
+        assert (merged.precision, merged.recall) == (whole.precision, whole.recall)
