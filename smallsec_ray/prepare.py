@@ -57,17 +57,18 @@ class _Shard:
     duplicates: str  # rows whose id an earlier shard holds
 
 
-@ray.remote(num_cpus=0.5, num_returns=3)
+@ray.remote(num_cpus=0.5, num_returns=2)
 def _read_and_validate(shard: _Shard, number: int, data: DataSpec,
-                       classes: list[str]) -> tuple[dict, pa.Table | None, pa.Table | None]:
-    """Reads, validates and writes one shard; returns its counts, its group keys and its id keys (the keys
-    go to the settle tasks without passing through the driver)."""
+                       classes: list[str]) -> tuple[dict, tuple[pa.Table, pa.Table] | None]:
+    """Reads, validates and writes one shard; returns its counts, and its group keys and id keys as one
+    object: the settle tasks read it from the object store, it never reaches the driver (Ray keeps return
+    values under 100 KB in the caller's memory: one object of both keys is above that more often)."""
     try:
         read = read_shard(shard.input, data.columns, data.format, data.max_rows_per_shard, classes,
                           data.max_text_bytes)
     except DataError as err:
         if data.on_bad_file == "skip":
-            return {"skipped": str(err)}, None, None
+            return {"skipped": str(err)}, None
         raise
     test_part = shard.part == "test"
     splits = row_splits(read.good, data.split.validation, data.split.test, data.split.seed, test_part)
@@ -81,17 +82,17 @@ def _read_and_validate(shard: _Shard, number: int, data: DataSpec,
                         schema.ID)
     labels = {str(c["values"]): c["counts"] for c in pc.value_counts(read.good[schema.LABEL]).to_pylist()}
     return ({"rows": read.rows, "reasons": _reason_counts(read.quarantined), "labels": labels,
-             "quarantined": read.quarantined.num_rows > 0}, groups, ids)
+             "quarantined": read.quarantined.num_rows > 0}, (groups, ids))
 
 
 @ray.remote(num_cpus=0.5, num_returns=3)
-def _settle(bucket: int, buckets: int, split: SplitSpec, inputs: list[str], shards: int,
-            *keys: pa.Table) -> tuple[dict[str, int], pa.Table, pa.Table]:
-    """One bucket of the keys of all shards (`shards` group key tables, then as many id key tables): the
-    groups per split, the overrides of settle_groups, and the repeated ids (id, shard, first shard)."""
-    groups = pa.concat_tables([in_bucket(k, bucket, buckets) for k in keys[:shards]])
+def _settle(bucket: int, buckets: int, split: SplitSpec, inputs: list[str],
+            *keys: tuple[pa.Table, pa.Table]) -> tuple[dict[str, int], pa.Table, pa.Table]:
+    """One bucket of the keys of all shards ((group keys, id keys) of each): the groups per split, the
+    overrides of settle_groups, and the repeated ids (id, shard, first shard)."""
+    groups = pa.concat_tables([in_bucket(g, bucket, buckets) for g, _ in keys])
     counts, overrides = settle_groups(groups, split.validation, split.test, split.seed, inputs)
-    return counts, overrides, _repeated_ids(pa.concat_tables([in_bucket(k, bucket, buckets) for k in keys[shards:]]))
+    return counts, overrides, _repeated_ids(pa.concat_tables([in_bucket(i, bucket, buckets) for _, i in keys]))
 
 
 def _repeated_ids(ids: pa.Table) -> pa.Table:
@@ -200,8 +201,8 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     finished = {}
     if read:
         buckets = bucket_count(sum(summaries[n]["rows"].rows_out for n in read))
-        keys = [reads[n][1] for n in read] + [reads[n][2] for n in read]
-        settled = [_settle.remote(b, buckets, data.split, inputs, len(read), *keys) for b in range(buckets)]
+        keys = [reads[n][1] for n in read]
+        settled = [_settle.remote(b, buckets, data.split, inputs, *keys) for b in range(buckets)]
         for counts in ray.get([s[0] for s in settled]):
             groups.update(counts)
         del reads, keys  # the settle tasks are done with the keys: Ray may free them
