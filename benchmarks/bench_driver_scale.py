@@ -99,11 +99,12 @@ def stage(name: str, rss: PeakRss, base: int, out: dict):
 
 def run_one(rows: int, shard_rows: int, backend: str, num_cpus: int, batch_size: int) -> dict:
     """One size in this process: data written, Ray started, then the three stages measured."""
+    from smallsec_ray.audit import audit_shards
     from smallsec_ray.prepare import run_prepare
     from smallsec_ray.runtime import init_ray
     from smallsec_ray.spec import parse_spec
     from smallsec_ray.stages import StageContext
-    from smallsec_ray.workloads.common import TeacherModel, Teachers, audit_shards, ctx_paths, label_parts
+    from smallsec_ray.workloads.common import TeacherModel, Teachers, ctx_paths, label_parts
 
     with tempfile.TemporaryDirectory(prefix="drv-scale-") as tmp:
         tmp = Path(tmp)

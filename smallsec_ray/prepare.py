@@ -15,7 +15,9 @@ references, however many rows there are. Three rounds of Ray tasks:
    test; files in order).
 3. finish, one task per shard: rows whose group settled on another split take it (whole groups stay in
    one split); rows whose id an earlier shard holds move to quarantine/<part>/duplicate-ids-<shard>, the
-   first one kept. A shard with nothing to change is not written again.
+   first one kept. A shard with nothing to change is not written again. Every finish task reads the
+   overrides and repeated ids of all buckets (from the object store): few rows, unless many groups mix
+   labelled and unlabelled rows or many ids repeat across shards.
 
 Until issue 12 the driver gathered every row's group, label and id, assigned splits stratified by label
 and sent the whole map to every task; data/splits.py says what the hash assignment keeps and what not.

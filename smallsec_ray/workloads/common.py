@@ -26,7 +26,7 @@ from ray.data.expressions import col
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.noise import NoisePlan, apply_noise, plan_noise
-from smallsec_ray.evaluation import Audit, label_audit, merge_audits, pick_threshold
+from smallsec_ray.evaluation import pick_threshold
 from smallsec_ray.export import OnnxScorer, export_onnx, quantize_int8
 from smallsec_ray.label_policy import PolicyPlan, apply_policy, plan_policy
 from smallsec_ray.labeling import average_runs, label_shards
@@ -206,26 +206,6 @@ def with_targets(batch: pa.Table, noise: NoisePlan | None, policy: PolicyPlan | 
 
 def with_weight(batch: pa.Table) -> pa.Table:
     return batch.append_column(schema.WEIGHT, pa.array(np.ones(batch.num_rows, np.float32)))
-
-
-def audit_shards(paths: list[str], classes: list[str], top_k: int, noise: NoisePlan | None) -> Audit:
-    """The label audit (evaluation.label_audit) of scored shards, data.noise applied to their labels: each
-    shard is audited in its own task, and the driver merges the k-sized lists and sums the counts, so no
-    row but the listed ones reaches it."""
-    return merge_audits(ray.get([_audit_shard.remote(p, classes, top_k, noise) for p in paths]) or
-                        [label_audit([], [], [], np.zeros((0, len(classes))), classes, top_k)], top_k)
-
-
-@ray.remote(num_cpus=0.5)
-def _audit_shard(path: str, classes: list[str], top_k: int, noise: NoisePlan | None) -> Audit:
-    names = pq.read_schema(path).names
-    wanted = [schema.ID, schema.TEXT, schema.LABEL, schema.PROBS, schema.TRUE_LABEL, *(noise.columns if noise else ())]
-    table = pq.read_table(path, columns=[c for c in dict.fromkeys(wanted) if c in names])
-    if noise is not None:
-        table = apply_noise(table, noise)
-    truth = strings(table, schema.TRUE_LABEL) if schema.TRUE_LABEL in table.column_names else None
-    return label_audit(strings(table, schema.ID), strings(table, schema.TEXT), strings(table, schema.LABEL),
-                       probs_of(table).reshape(-1, len(classes)), classes, top_k, truth)
 
 
 @dataclass

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from smallsec_ray.audit import audit_shards
 from smallsec_ray.data import schema
 from smallsec_ray.data.noise import apply_noise
 from smallsec_ray.evaluation import compare_at_threshold, evaluate_model
@@ -30,7 +31,6 @@ from smallsec_ray.workloads.common import (
     ExportedModel,
     TeacherLabels,
     Teachers,
-    audit_shards,
     ctx_paths,
     label_parts,
     noise_plan,
