@@ -7,7 +7,7 @@ equal scores always fall on the same side of a threshold, so ties never split.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -335,9 +335,9 @@ def label_audit(ids: list[str], texts: list[str], given_labels: list[str | None]
     if not len(ids) == len(texts) == len(given_labels):
         raise ValueError(f"label audit: the lengths of ids ({len(ids)}), texts ({len(texts)}) and "
                          f"given_labels ({len(given_labels)}) differ")
-    labelled = np.array([g is not None for g in given_labels])
+    labelled = np.array([g is not None for g in given_labels], dtype=bool)  # typed: a shard may be empty
     given_idx = np.array([_label_index("label audit", i, g, classes) if g is not None else -1
-                          for i, g in enumerate(given_labels)])
+                          for i, g in enumerate(given_labels)], dtype=np.int64)
     teacher_idx = probs.argmax(axis=1)
     teacher_prob = probs.max(axis=1)
     disagree = labelled & (teacher_idx != given_idx) & (teacher_prob >= min_confidence)
@@ -346,17 +346,39 @@ def label_audit(ids: list[str], texts: list[str], given_labels: list[str | None]
     truth = _true_labels(true_labels, len(given_labels), classes)
     rows = [AuditRow(rank=r + 1, id=str(ids[i]), text=texts[i], given_label=given_labels[i],
                      teacher_label=classes[teacher_idx[i]], teacher_prob=float(teacher_prob[i]),
-                     true_label=truth[i] if truth else None)
+                     true_label=truth[i] if truth is not None else None)
             for r, i in enumerate(listed)]
     audit = Audit(classes=list(classes), top_k=top_k, min_confidence=min_confidence, n_rows=len(given_labels),
                   n_labelled=int(labelled.sum()), n_disagreements=len(candidates), rows=rows)
-    if truth:
-        wrong = labelled & np.array([g != t for g, t in zip(given_labels, truth, strict=True)])
+    if truth is not None:  # an empty part with truth still counts its (zero) wrong labels
+        wrong = labelled & np.array([g != t for g, t in zip(given_labels, truth, strict=True)], dtype=bool)
         found = int(wrong[listed].sum())
         audit.n_wrong_labels = int(wrong.sum())
         audit.precision = found / len(listed) if len(listed) else None
         audit.recall = found / audit.n_wrong_labels if audit.n_wrong_labels else None
     return audit
+
+
+def merge_audits(audits: list[Audit], top_k: int) -> Audit:
+    """One audit from the audits of consecutive parts of the rows (shards in order, each by `label_audit`
+    with the same classes and min_confidence, and at least `top_k`): the `top_k` most confident of their
+    listed rows (ties in part order, then in their order within a part) and their counts summed. Exact: a
+    row in the top k of all rows is in the top k of its part, so the driver merges k-sized lists only."""
+    if not audits:
+        raise ValueError("merge_audits needs at least one audit (audit an empty part with label_audit)")
+    ranked = sorted(((part, row) for part, audit in enumerate(audits) for row in audit.rows),
+                    key=lambda item: (-item[1].teacher_prob, item[0], item[1].rank))[:top_k]
+    rows = [replace(row, rank=rank) for rank, (_, row) in enumerate(ranked, 1)]
+    first = audits[0]
+    merged = Audit(classes=first.classes, top_k=top_k, min_confidence=first.min_confidence,
+                   n_rows=sum(a.n_rows for a in audits), n_labelled=sum(a.n_labelled for a in audits),
+                   n_disagreements=sum(a.n_disagreements for a in audits), rows=rows)
+    if all(a.n_wrong_labels is not None for a in audits):
+        found = sum(row.given_label != row.true_label for row in rows)  # listed rows are all labelled
+        merged.n_wrong_labels = sum(a.n_wrong_labels for a in audits)
+        merged.precision = found / len(rows) if rows else None
+        merged.recall = found / merged.n_wrong_labels if merged.n_wrong_labels else None
+    return merged
 
 
 def _true_labels(true_labels: list[str] | None, n: int, classes: list[str]) -> list[str] | None:

@@ -2,10 +2,25 @@
 
 Each input shard becomes one Parquet shard of canonical rows under `prepare/<part>/` (parts: labelled,
 noisy, unlabelled, test), with a `split` column, and one quarantine shard holding the rows set aside,
-each with its reason. Shards are read in parallel Ray tasks; only (group, label) pairs and the ids the
-data gives come back to the driver, which assigns whole groups to train/validation/test. A row whose id an
-earlier shard already holds (parts in order labelled, noisy, unlabelled, test; files in order) is moved to
-quarantine/<part>/duplicate-ids-<shard>, the first one kept.
+each with its reason. Per-row data stays in the tasks: the driver holds a few counts per shard and object
+references, however many rows there are. Three rounds of Ray tasks:
+
+1. read, one task per input shard: validate, write the good rows with the split each row takes from
+   what it holds (data/splits.py row_splits: a hash of its group and the seed, unless the row is in the
+   test part, gives a split or has no label), and hand on the shard's keys: its distinct groups with
+   what decides their split, and the ids the data gave (not the '<file>:<row>' default).
+2. settle, one task per hash bucket of the keys (data/buckets.py): each group's split from every shard
+   holding it (data/splits.py settle_groups; a group given two splits is an error naming it and the
+   shards), and the ids that an earlier shard already holds (parts in order labelled, noisy, unlabelled,
+   test; files in order).
+3. finish, one task per shard: rows whose group settled on another split take it (whole groups stay in
+   one split); rows whose id an earlier shard holds move to quarantine/<part>/duplicate-ids-<shard>, the
+   first one kept. A shard with nothing to change is not written again. Every finish task reads the
+   overrides and repeated ids of all buckets (from the object store): few rows, unless many groups mix
+   labelled and unlabelled rows or many ids repeat across shards.
+
+Until issue 12 the driver gathered every row's group, label and id, assigned splits stratified by label
+and sent the whole map to every task; data/splits.py says what the hash assignment keeps and what not.
 """
 
 from __future__ import annotations
@@ -14,7 +29,6 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -23,58 +37,106 @@ import ray
 from smallsec_ray import storage
 from smallsec_ray.data import schema
 from smallsec_ray.data.accounting import RowCounts
+from smallsec_ray.data.buckets import bucket_count, in_bucket, with_key_hash
 from smallsec_ray.data.io import expand_paths, is_default_id, read_shard, write_parquet_atomic
-from smallsec_ray.data.splits import assign_splits, split_table
+from smallsec_ray.data.splits import SHARD, group_keys, row_splits, settle_groups, with_splits
 from smallsec_ray.errors import DataError
-from smallsec_ray.spec import DataSpec
+from smallsec_ray.spec import DataSpec, SplitSpec
 from smallsec_ray.stages import StageContext
 
 PARTS = ("labelled", "noisy", "unlabelled", "test")
+FIRST = "first_shard"  # of a repeated id: the number of the shard holding it first
 
 
-@ray.remote(num_cpus=0.5)
-def _read_and_validate(path: str, out_path: str, quarantine_path: str, data: DataSpec,
-                       classes: list[str]) -> dict[str, Any]:
+@dataclass(frozen=True)
+class _Shard:
+    """One input shard and where prepare writes it."""
+
+    part: str
+    input: str
+    output: str
+    quarantine: str  # rows the reader set aside
+    duplicates: str  # rows whose id an earlier shard holds
+
+
+@ray.remote(num_cpus=0.5, num_returns=2)
+def _read_and_validate(shard: _Shard, number: int, data: DataSpec,
+                       classes: list[str]) -> tuple[dict, tuple[pa.Table, pa.Table] | None]:
+    """Reads, validates and writes one shard; returns its counts, and its group keys and id keys as one
+    object: the settle tasks read it from the object store, it never reaches the driver (Ray keeps return
+    values under 100 KB in the caller's memory: one object of both keys is above that more often)."""
     try:
-        shard = read_shard(path, data.columns, data.format, data.max_rows_per_shard, classes, data.max_text_bytes)
+        read = read_shard(shard.input, data.columns, data.format, data.max_rows_per_shard, classes,
+                          data.max_text_bytes)
     except DataError as err:
         if data.on_bad_file == "skip":
-            return {"input": path, "skipped": str(err)}
+            return {"skipped": str(err)}, None
         raise
-    write_parquet_atomic(shard.good, out_path)
-    if shard.quarantined.num_rows:
-        write_parquet_atomic(shard.quarantined, quarantine_path)
-    return {
-        "input": path,
-        "output": out_path,
-        "quarantine": quarantine_path if shard.quarantined.num_rows else None,
-        "rows": shard.rows,
-        "reasons": _reason_counts(shard.quarantined),
-        "groups": shard.good.column(schema.GROUP).to_pylist(),
-        "labels": shard.good.column(schema.LABEL).to_pylist(),
-        "sources": shard.good.column(schema.SOURCE).to_pylist() if data.split.by_source else None,
-        "given": _given_splits(shard.good),
-        # Ids the data gave (not the '<file>:<row>' default), to find the same id in two shards.
-        "ids": [i for i in shard.good.column(schema.ID).to_pylist() if not is_default_id(i, path)],
-    }
+    test_part = shard.part == "test"
+    splits = row_splits(read.good, data.split.validation, data.split.test, data.split.seed, test_part)
+    write_parquet_atomic(with_splits(read.good, splits), shard.output)
+    if read.quarantined.num_rows:
+        write_parquet_atomic(read.quarantined, shard.quarantine)
+    groups = with_key_hash(group_keys(read.good, splits, test_part, number), schema.GROUP)
+    ids = read.good[schema.ID]
+    given = pa.array([not is_default_id(i, shard.input) for i in ids.to_pylist()], pa.bool_())
+    ids = with_key_hash(pa.table({schema.ID: ids, SHARD: pa.array([number] * len(ids), pa.int32())}).filter(given),
+                        schema.ID)
+    labels = {str(c["values"]): c["counts"] for c in pc.value_counts(read.good[schema.LABEL]).to_pylist()}
+    return ({"rows": read.rows, "reasons": _reason_counts(read.quarantined), "labels": labels,
+             "quarantined": read.quarantined.num_rows > 0}, (groups, ids))
+
+
+@ray.remote(num_cpus=0.5, num_returns=3)
+def _settle(bucket: int, buckets: int, split: SplitSpec, inputs: list[str],
+            *keys: tuple[pa.Table, pa.Table]) -> tuple[dict[str, int], pa.Table, pa.Table]:
+    """One bucket of the keys of all shards ((group keys, id keys) of each): the groups per split, the
+    overrides of settle_groups, and the repeated ids (id, shard, first shard)."""
+    groups = pa.concat_tables([in_bucket(g, bucket, buckets) for g, _ in keys])
+    counts, overrides = settle_groups(groups, split.validation, split.test, split.seed, inputs)
+    return counts, overrides, _repeated_ids(pa.concat_tables([in_bucket(i, bucket, buckets) for _, i in keys]))
+
+
+def _repeated_ids(ids: pa.Table) -> pa.Table:
+    """(id, shard, first shard) of every id held by a shard after the first one holding it (a shard holds an
+    id once: validate_table quarantines repeats within a shard)."""
+    first = ids.group_by(schema.ID).aggregate([(SHARD, "min")]).rename_columns([schema.ID, FIRST])
+    joined = ids.join(first, schema.ID)
+    return joined.filter(pc.greater(joined[SHARD], joined[FIRST]))
 
 
 @ray.remote(num_cpus=0.5)
-def _add_split(path: str, assignment: dict[str, str], seen_in: dict[str, str], quarantine_path: str) -> dict:
-    """Adds the split column; rows whose id an earlier shard holds (`seen_in`: id -> that shard's input) are
-    moved to a quarantine shard of their own."""
-    table = split_table(storage.read_table(path), assignment)
+def _finish(shard: _Shard, number: int, inputs: list[str], buckets: int, *settled: pa.Table) -> dict:
+    """Gives a shard's rows their group's settled split and moves its rows whose id an earlier shard holds to
+    a quarantine shard of their own (`settled`: the overrides of each bucket, then the repeated ids);
+    returns the rows per split and the rows moved."""
+    overrides = pa.concat_tables(settled[:buckets])
+    repeats = pa.concat_tables(settled[buckets:])
+    repeats = repeats.filter(pc.equal(repeats[SHARD], number))
+    table = storage.read_table(shard.output, columns=[schema.GROUP, schema.SPLIT])
+    regroup = overrides.num_rows and pc.any(pc.is_in(table[schema.GROUP],
+                                                     value_set=overrides[schema.GROUP].combine_chunks())).as_py()
+    if not regroup and not repeats.num_rows:
+        return {"splits": _counts(table[schema.SPLIT]), "moved": 0}
+    table = storage.read_table(shard.output)
+    table = with_splits(table, table[schema.SPLIT], overrides)
     moved = 0
-    if seen_in:
-        again = pc.is_in(table.column(schema.ID), value_set=pa.array(list(seen_in), pa.string()))
+    if repeats.num_rows:
+        repeated = repeats[schema.ID].combine_chunks()
+        again = pc.is_in(table[schema.ID], value_set=repeated)
         duplicates = table.filter(again)
-        reasons = [f"id {i!r} is also in {seen_in[i]} (the first is kept); ids must be unique across shards"
-                   for i in duplicates.column(schema.ID).to_pylist()]
+        first = pc.take(repeats[FIRST], pc.index_in(duplicates[schema.ID], value_set=repeated))
+        reasons = [f"id {i!r} is also in {inputs[f]} (the first is kept); ids must be unique across shards"
+                   for i, f in zip(duplicates[schema.ID].to_pylist(), first.to_pylist(), strict=True)]
         write_parquet_atomic(duplicates.drop_columns([schema.SPLIT]).append_column(
-            schema.REASON, pa.array(reasons, pa.string())), quarantine_path)
+            schema.REASON, pa.array(reasons, pa.string())), shard.duplicates)
         table, moved = table.filter(pc.invert(again)), duplicates.num_rows
-    write_parquet_atomic(table, path)
-    return {"splits": dict(Counter(table.column(schema.SPLIT).to_pylist())), "moved": moved}
+    write_parquet_atomic(table, shard.output)
+    return {"splits": _counts(table[schema.SPLIT]), "moved": moved}
+
+
+def _counts(values: pa.ChunkedArray) -> dict[str, int]:
+    return {c["values"]: c["counts"] for c in pc.value_counts(values).to_pylist()}
 
 
 def _reason_counts(quarantined: pa.Table) -> dict[str, int]:
@@ -125,89 +187,53 @@ class PreparedData:
 
 def run_prepare(ctx: StageContext) -> PreparedData:
     spec, data = ctx.spec, ctx.spec.data
-    jobs: dict[str, list] = {part: [] for part in PARTS}
+    shards = []
     for part in PARTS:
         for i, path in enumerate(expand_paths(getattr(data, part))):
             name = f"{part}-{i:05d}-{_stem(path)}.parquet"  # unique across parts: later stages pool them
-            out = storage.join(ctx.store_dir, part, name)  # tasks write where every node can read
-            quarantine = storage.join(ctx.store_dir, "quarantine", part, name)
-            jobs[part].append(_read_and_validate.remote(path, out, quarantine, data, spec.classes))
-    shards = {part: ray.get(refs) for part, refs in jobs.items()}
+            # Tasks write where every node reads: the stage's folder in the output.
+            shards.append(_Shard(part, path, storage.join(ctx.store_dir, part, name),
+                                 storage.join(ctx.store_dir, "quarantine", part, name),
+                                 storage.join(ctx.store_dir, "quarantine", part, "duplicate-ids-" + name)))
+    reads = [_read_and_validate.remote(s, number, data, spec.classes) for number, s in enumerate(shards)]
+    summaries = ray.get([r[0] for r in reads])
+    read = [n for n, s in enumerate(summaries) if "skipped" not in s]
+    inputs = ray.put([s.input for s in shards])  # once in the object store, not in every task's arguments
 
-    skipped = [SkippedFile(s["input"], s["skipped"]) for part in PARTS for s in shards[part] if "skipped" in s]
-    read = {part: [s for s in shards[part] if "skipped" not in s] for part in PARTS}
-
-    groups, labels, sources = [], [], []
-    for part in ("labelled", "noisy", "unlabelled"):
-        for s in read[part]:
-            groups += s["groups"]
-            labels += s["labels"]
-            sources += s["sources"] or []
-    # Whole groups go to one split: the split some rows give (data.columns.split), else by the shares;
-    # groups of an explicit test set are test everywhere.
-    given = _groups_with_given_splits(read)
-    free = [i for i, g in enumerate(groups) if g not in given]
-    assignment = assign_splits([groups[i] for i in free], [labels[i] for i in free], data.split.validation,
-                               data.split.test, data.split.seed,
-                               [sources[i] for i in free] if data.split.by_source else None)
-    assignment.update(given)
-    for s in read["test"]:
-        assignment.update(dict.fromkeys(s["groups"], "test"))
-
-    first_shard: dict[str, str] = {}  # id -> the input holding it first (in part and file order)
-    repeated: dict[str, dict[str, str]] = {}  # output shard -> {id: the input holding it first}
-    for part in PARTS:
-        for s in read[part]:
-            repeated[s["output"]] = {i: first_shard[i] for i in s["ids"] if i in first_shard}
-            first_shard.update({i: s["input"] for i in s["ids"] if i not in first_shard})
-    dup_path = {s["output"]: storage.join(ctx.store_dir, "quarantine", part, "duplicate-ids-" + Path(s["output"]).name)
-                for part in PARTS for s in read[part]}
-    split_refs = {part: [_add_split.remote(s["output"], assignment, repeated[s["output"]], dup_path[s["output"]])
-                         for s in read[part]] for part in PARTS}
-    split_counts = {part: ray.get(refs) for part, refs in split_refs.items()}
-    for part in PARTS:
-        for s, counts in zip(read[part], split_counts[part], strict=True):
-            if counts["moved"]:
-                s["rows"] = RowCounts(s["rows"].rows_in, s["rows"].rows_out - counts["moved"],
-                                      s["rows"].rows_quarantined + counts["moved"])
-                s["reasons"] = {**s["reasons"], "id '…' is also in another shard": counts["moved"]}
-                s["duplicates"] = dup_path[s["output"]]
+    groups: Counter[str] = Counter()
+    finished = {}
+    if read:
+        buckets = bucket_count(sum(summaries[n]["rows"].rows_out for n in read))
+        keys = [reads[n][1] for n in read]
+        settled = [_settle.remote(b, buckets, data.split, inputs, *keys) for b in range(buckets)]
+        for counts in ray.get([s[0] for s in settled]):
+            groups.update(counts)
+        del reads, keys  # the settle tasks are done with the keys: Ray may free them
+        results = [s[1] for s in settled] + [s[2] for s in settled]
+        finished = dict(zip(read, ray.get([_finish.remote(shards[n], n, inputs, buckets, *results) for n in read]),
+                            strict=True))
 
     parts = {}
     for part in PARTS:
-        parts[part] = PreparedPart(
-            shards=[ctx.relative(s["output"]) for s in read[part]],
-            quarantine=[ctx.relative(q) for s in read[part] for q in (s["quarantine"], s.get("duplicates")) if q],
-            rows=sum((s["rows"] for s in read[part]), RowCounts()),
-            by_split=dict(sum((Counter(c["splits"]) for c in split_counts[part]), Counter())),
-            by_label=dict(Counter(str(label) for s in read[part] for label in s["labels"])),
-            quarantine_reasons=dict(sum((Counter(s["reasons"]) for s in read[part]), Counter())))
+        mine = [n for n in read if shards[n].part == part]
+        rows, reasons, by_split, by_label, quarantine = RowCounts(), Counter(), Counter(), Counter(), []
+        for n in mine:
+            summary, moved = summaries[n], finished[n]["moved"]
+            rows += RowCounts(summary["rows"].rows_in, summary["rows"].rows_out - moved,
+                              summary["rows"].rows_quarantined + moved)
+            reasons.update(summary["reasons"])
+            if moved:
+                reasons["id '…' is also in another shard"] += moved
+            by_split.update(finished[n]["splits"])
+            by_label.update(summary["labels"])
+            quarantine += [ctx.relative(q) for q, kept in ((shards[n].quarantine, summary["quarantined"]),
+                                                           (shards[n].duplicates, moved)) if kept]
+        parts[part] = PreparedPart(shards=[ctx.relative(shards[n].output) for n in mine], quarantine=quarantine,
+                                   rows=rows, by_split=dict(by_split), by_label=dict(by_label),
+                                   quarantine_reasons=dict(reasons))
+    skipped = [SkippedFile(shards[n].input, s["skipped"]) for n, s in enumerate(summaries) if "skipped" in s]
     return PreparedData(parts=parts, rows=sum((p.rows for p in parts.values()), RowCounts()),
-                        groups=dict(Counter(assignment.values())), files_skipped=skipped)
-
-
-def _given_splits(table: pa.Table) -> dict[str, str]:
-    """group -> the split its rows give (data.columns.split); raises DataError if they give two."""
-    if schema.SPLIT not in table.column_names:
-        return {}
-    given: dict[str, str] = {}
-    for group, split in zip(table[schema.GROUP].to_pylist(), table[schema.SPLIT].to_pylist(), strict=True):
-        if split is not None and given.setdefault(group, split) != split:
-            raise DataError(f"group {group!r} has rows in split {given[group]!r} and in split {split!r} "
-                            "(data.columns.split); a group's rows must share one split")
-    return given
-
-
-def _groups_with_given_splits(read: dict[str, list[dict]]) -> dict[str, str]:
-    given: dict[str, str] = {}
-    for shards in read.values():
-        for shard in shards:
-            for group, split in shard["given"].items():
-                if given.setdefault(group, split) != split:
-                    raise DataError(f"group {group!r} has rows in split {given[group]!r} and in split {split!r} "
-                                    f"(data.columns.split; one of them in {shard['input']}); a group's rows must "
-                                    "share one split")
-    return given
+                        groups=dict(groups), files_skipped=skipped)
 
 
 def _stem(path: str) -> str:

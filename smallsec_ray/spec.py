@@ -53,9 +53,8 @@ class Columns(Section):
 class SplitSpec(Section):
     validation: float = Field(0.1, ge=0.0, lt=1.0, description="Share of rows (by whole groups) for validation.")
     test: float = Field(0.2, ge=0.0, lt=1.0, description="Share of rows (by whole groups) for test.")
-    seed: int = Field(0, description="Seed of the deterministic group-to-split assignment.")
-    by_source: bool = Field(False, description="Also stratify by source, so that every source gets its share of "
-                            "validation and test groups (thresholds then rest on rows of every source).")
+    seed: int = Field(0, description="Seed of the group-to-split hash (a group's split depends on its name, "
+                      "the seed and the shares only).")
 
     @model_validator(mode="after")
     def _shares_leave_training_rows(self) -> SplitSpec:

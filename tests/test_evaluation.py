@@ -12,6 +12,7 @@ from smallsec_ray.evaluation import (
     evaluate_model,
     evaluate_scores,
     label_audit,
+    merge_audits,
     operating_point,
     pick_threshold,
 )
@@ -201,3 +202,40 @@ def test_label_audit_without_truth_and_with_a_higher_confidence_bar():
     audit = _audit(top_k=10, with_truth=False, min_confidence=0.95)
     assert [r.id for r in audit.rows] == ["r0", "r1"]
     assert audit.precision is None and audit.recall is None and audit.rows[0].true_label is None
+
+
+@pytest.mark.parametrize("top_k", [1, 3, 5, 10])
+def test_merged_shard_audits_equal_the_audit_of_all_rows(top_k):
+    ids, given, p, true = zip(*AUDIT_ROWS, strict=True)
+    whole = label_audit(list(ids), [f"text of {i}" for i in ids], list(given), _probs(p), CLASSES, top_k,
+                        true_labels=list(true))
+    for cuts in ([0, 8], [0, 3, 8], [0, 1, 4, 4, 8]):  # shards in order; one of them empty
+        shards = [label_audit(list(ids[a:b]), [f"text of {i}" for i in ids[a:b]], list(given[a:b]),
+                              _probs(p[a:b]).reshape(-1, len(CLASSES)), CLASSES, top_k, true_labels=list(true[a:b]))
+                  for a, b in zip(cuts, cuts[1:], strict=False)]
+        merged = merge_audits(shards, top_k)
+        assert [(r.rank, r.id) for r in merged.rows] == [(r.rank, r.id) for r in whole.rows], cuts
+        assert (merged.n_rows, merged.n_labelled, merged.n_disagreements, merged.n_wrong_labels) == (
+            whole.n_rows, whole.n_labelled, whole.n_disagreements, whole.n_wrong_labels)
+        assert (merged.precision, merged.recall) == (whole.precision, whole.recall)
+
+
+def test_audit_of_scored_shards_in_tasks_equals_the_audit_of_all_rows(ray_local, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from smallsec_ray.audit import audit_shards
+
+    ids, given, p, true = zip(*AUDIT_ROWS, strict=True)
+    paths = []
+    for n, (a, b) in enumerate([(0, 3), (3, 3), (3, 8)]):  # one shard without rows
+        path = tmp_path / f"scored-{n}.parquet"
+        pq.write_table(pa.table({"id": list(ids[a:b]), "text": [f"text of {i}" for i in ids[a:b]],
+                                 "label": pa.array(given[a:b], pa.string()), "true_label": list(true[a:b]),
+                                 "probs": pa.array(_probs(p[a:b]).reshape(-1, 2).tolist(),
+                                                   pa.list_(pa.float32()))}), path)
+        paths.append(str(path))
+    audit = audit_shards(paths, CLASSES, top_k=4)
+    assert [r.id for r in audit.rows] == ["r0", "r1", "r2", "r3"]
+    assert (audit.n_rows, audit.n_labelled, audit.n_disagreements, audit.n_wrong_labels) == (8, 7, 5, 4)
+    assert audit.precision == pytest.approx(3 / 4) and audit.recall == pytest.approx(3 / 4)

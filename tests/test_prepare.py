@@ -1,5 +1,6 @@
-"""The prepare stage: a split given in the data is kept for the whole group, the rest is split by shares,
-and an input column named like one of the tool's own columns does not collide with it."""
+"""The prepare stage: a split given in the data is kept for the whole group, the rest is split by a hash of
+the group, whole groups stay in one split across shards and parts, ids repeated across shards are kept
+once, and an input column named like one of the tool's own columns does not collide with it."""
 
 import json
 from pathlib import Path
@@ -9,6 +10,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
+from smallsec_ray.data import buckets
+from smallsec_ray.data.splits import hash_splits
 from smallsec_ray.errors import DataError
 from smallsec_ray.prepare import run_prepare
 from smallsec_ray.spec import parse_spec
@@ -20,15 +23,16 @@ def write_jsonl(path: Path, rows: list[dict]) -> str:
     return str(path)
 
 
-def prepare(tmp_path: Path, labelled: str, noisy: str):
+def prepare(tmp_path: Path, labelled: str | list[str], noisy: str, split: dict | None = None, **parts):
     spec = parse_spec({"name": "p", "workload": "distill", "artifact": "cmdline",
-                       "data": {"labelled": [labelled], "noisy": [noisy], "columns": {"split": ["fixed_split"]},
-                                "split": {"validation": 0.0, "test": 0.0}},
+                       "data": {"labelled": labelled if isinstance(labelled, list) else [labelled],
+                                "noisy": [noisy], "columns": {"split": ["fixed_split"]},
+                                "split": split or {"validation": 0.0, "test": 0.0}, **parts},
                        "output": str(tmp_path / "run")})
     results = run_stages(spec, [Stage("prepare", run_prepare, reads=("data",))], tmp_path / "run",
                          echo=lambda _: None)
     data = results["prepare"]
-    tables = [pq.read_table(tmp_path / "run" / s) for s in data.shards("labelled", "noisy")]
+    tables = [pq.read_table(tmp_path / "run" / s) for s in data.shards(*data.parts)]
     return data, pa.concat_tables(tables, promote_options="permissive")
 
 
@@ -62,7 +66,8 @@ def test_a_group_given_two_splits_is_an_error_naming_it(ray_local, tmp_path):
         {"text": "a", "label": "benign", "group": "g1", "fixed_split": "train"},
         {"text": "b", "label": "benign", "group": "g1", "fixed_split": "validation"}])
     noisy = write_jsonl(tmp_path / "noisy.jsonl", [{"text": "c", "label": "benign"}])
-    with pytest.raises(Exception, match="group 'g1' has rows in split 'train' and in split 'validation'") as err:
+    with pytest.raises(Exception, match="group 'g1' has rows in split 'train' and in split 'validation' "
+                                        r"\(data.columns.split; in .*clean.jsonl\)") as err:
         prepare(tmp_path, labelled, noisy)
     assert isinstance(err.value, DataError) or isinstance(getattr(err.value, "cause", None), DataError)
 
@@ -102,3 +107,34 @@ def test_an_id_given_in_two_shards_is_kept_once_and_the_repeat_quarantined(ray_l
     assert moved["reason"].to_pylist() == [f"id 'b' is also in {labelled} (the first is kept); ids must be unique "
                                            "across shards"]
     assert data.rows.rows_in == data.rows.rows_out + data.rows.rows_quarantined == 5
+
+
+def test_whole_groups_share_one_split_across_shards_parts_and_buckets(ray_local, tmp_path, monkeypatch):
+    monkeypatch.setattr(buckets, "BUCKET_ROWS", 50)  # several settle tasks, as at scale
+    n = 80
+    labelled = [write_jsonl(tmp_path / f"clean-{k}.jsonl", [
+        {"id": f"c{k}-{i}", "text": f"whoami {i}", "label": "benign", "group": f"g{i}"} for i in range(k, n, 2)])
+        for k in range(2)]
+    noisy = write_jsonl(tmp_path / "noisy.jsonl", [
+        {"id": f"n{i}", "text": f"id {i}", "label": "malicious", "group": f"g{i}"} for i in range(n)])
+    unlabelled = write_jsonl(tmp_path / "pool.jsonl", [{"id": f"p{i}", "text": f"ls {i}", "group": f"g{i}"}
+                                                       for i in range(n)]
+                             + [{"id": f"u{i}", "text": f"pwd {i}", "group": f"u{i}"} for i in range(n)]
+                             + [{"id": "n7", "text": "again", "group": "g7"}])  # an id of the noisy shard
+    test = write_jsonl(tmp_path / "held-out.jsonl", [{"id": "t5", "text": "nc -l", "label": "malicious",
+                                                      "group": "g5"}])
+    data, rows = prepare(tmp_path, labelled, noisy, {"validation": 0.25, "test": 0.25, "seed": 3},
+                         unlabelled=[unlabelled], test=[test])
+    split_of: dict[str, set] = {}
+    for group, split in zip(rows["group"].to_pylist(), rows["split"].to_pylist(), strict=True):
+        split_of.setdefault(group, set()).add(split)
+    assert all(len(splits) == 1 for splits in split_of.values())
+    assert split_of["g5"] == {"test"}  # a group of the explicit test set is test in every part
+    assert all(split_of[f"u{i}"] == {"train"} for i in range(n))  # no labelled row: train
+    # The other groups by the hash of their name and the seed, unlabelled rows with their group.
+    free = [f"g{i}" for i in range(n) if i != 5]
+    assert [split_of[g].pop() for g in free] == hash_splits(pa.array(free), 0.25, 0.25, 3).to_pylist()
+    assert data.groups["train"] + data.groups["validation"] + data.groups["test"] == 2 * n
+    assert data.rows.rows_in == data.rows.rows_out + 1 == rows.num_rows + 1 == 4 * n + 2
+    [moved] = [pq.read_table(tmp_path / "run" / q) for q in data.parts["unlabelled"].quarantine]
+    assert moved["id"].to_pylist() == ["n7"] and noisy in moved["reason"][0].as_py()

@@ -1,4 +1,5 @@
-"""Group-disjoint stratified splits (on real command lines) and class-conditional label noise."""
+"""Group-disjoint splits (on real command lines): by hash of the group, as prepare assigns them, and
+stratified for in-memory sets; and class-conditional label noise."""
 
 from __future__ import annotations
 
@@ -12,7 +13,14 @@ import pytest
 
 from smallsec_ray.data.noise import inject_label_noise
 from smallsec_ray.data.schema import GROUP, ID, LABEL, SPLIT, SPLITS, TRUE_LABEL
-from smallsec_ray.data.splits import assign_splits, split_table
+from smallsec_ray.data.splits import (
+    assign_splits,
+    group_keys,
+    hash_splits,
+    row_splits,
+    settle_groups,
+    with_splits,
+)
 from smallsec_ray.errors import DataError, SpecError
 
 CMDLINE_FILES = ("atomic_red_team.jsonl", "gtfobins.jsonl", "powershell_docs.jsonl", "tldr.jsonl.gz")
@@ -34,8 +42,7 @@ def cmdlines(shared_data) -> pa.Table:
 
 
 def _splits_of(table: pa.Table, validation: float = 0.1, test: float = 0.2, seed: int = 0) -> pa.Table:
-    groups, labels = table[GROUP].to_pylist(), table[LABEL].to_pylist()
-    return split_table(table, assign_splits(groups, labels, validation, test, seed))
+    return table.append_column(SPLIT, hash_splits(table[GROUP], validation, test, seed))
 
 
 def test_every_group_lies_in_exactly_one_split(cmdlines):
@@ -48,14 +55,77 @@ def test_every_group_lies_in_exactly_one_split(cmdlines):
     assert table.num_rows == cmdlines.num_rows
 
 
-def test_each_label_gets_its_share_of_rows_in_each_split(cmdlines):
+def test_hash_splits_give_each_split_its_share_of_groups_and_rows_up_to_sampling_noise(cmdlines):
     table = _splits_of(cmdlines, validation=0.1, test=0.2)
+    per_group = dict(zip(table[GROUP].to_pylist(), table[SPLIT].to_pylist(), strict=True))
+    shares = Counter(per_group.values())
+    assert shares["test"] / len(per_group) == pytest.approx(0.2, abs=0.02)
+    assert shares["validation"] / len(per_group) == pytest.approx(0.1, abs=0.02)
+    # Rows per label: not stratified any more, but with thousands of groups each label gets near its share.
     per_label = Counter(zip(table[LABEL].to_pylist(), table[SPLIT].to_pylist(), strict=True))
     for label in ("benign", "malicious"):
         total = sum(n for (lab, _), n in per_label.items() if lab == label)
-        assert per_label[label, "test"] / total == pytest.approx(0.2, abs=0.03), label
-        assert per_label[label, "validation"] / total == pytest.approx(0.1, abs=0.03), label
+        assert per_label[label, "test"] / total == pytest.approx(0.2, abs=0.06), label
+        assert per_label[label, "validation"] / total == pytest.approx(0.1, abs=0.06), label
 
+
+def test_a_groups_hash_split_depends_on_the_group_seed_and_shares_only(cmdlines):
+    groups = cmdlines[GROUP]
+    alone = {g: hash_splits(pa.array([g]), 0.1, 0.2, seed=3)[0].as_py() for g in groups.to_pylist()[:300]}
+    together = dict(zip(groups.to_pylist(), hash_splits(groups, 0.1, 0.2, seed=3).to_pylist(), strict=True))
+    assert all(together[g] == split for g, split in alone.items())
+    other_seed = dict(zip(groups.to_pylist(), hash_splits(groups, 0.1, 0.2, seed=4).to_pylist(), strict=True))
+    assert sum(together[g] != other_seed[g] for g in together) > len(together) * 0.1
+    # A larger test share keeps every test group in test: the hash is a fixed share, the bounds move.
+    wider = dict(zip(groups.to_pylist(), hash_splits(groups, 0.1, 0.3, seed=3).to_pylist(), strict=True))
+    assert all(wider[g] == "test" for g in together if together[g] == "test")
+
+
+def _keys(table: pa.Table, shard: int, test_part: bool = False, validation: float = 0.2, test: float = 0.3):
+    splits = row_splits(table, validation, test, 0, test_part)
+    return splits, group_keys(table, splits, test_part, shard)
+
+
+def _settle(*shards: tuple[pa.Table, bool]) -> tuple[dict, list[pa.Table]]:
+    """Prepare's split rounds on in-memory shards: row splits, settled groups, each shard's final splits."""
+    keyed = [_keys(table, n, test_part) for n, (table, test_part) in enumerate(shards)]
+    counts, overrides = settle_groups(pa.concat_tables([k for _, k in keyed]), 0.2, 0.3, 0,
+                                      [f"shard-{n}" for n in range(len(shards))])
+    return counts, [with_splits(table, splits, overrides) for (table, _), (splits, _) in zip(shards, keyed,
+                                                                                             strict=True)]
+
+
+def test_settled_groups_keep_whole_groups_together_with_given_test_and_unlabelled_rows():
+    n = 400
+    labelled = pa.table({GROUP: [f"g{i}" for i in range(n)], LABEL: ["benign"] * n,
+                         SPLIT: ["validation"] + [None] * (n - 1)})
+    # g0: a given split on one row holds for its other rows; g1: an explicit test set's group is test
+    # everywhere; u*: groups without a labelled row are train; g2..: unlabelled rows follow their group.
+    unlabelled = pa.table({GROUP: ["g0", "g1"] + [f"u{i}" for i in range(n)] + [f"g{i}" for i in range(2, n)],
+                           LABEL: pa.nulls(2 * n, pa.string())})
+    test = pa.table({GROUP: ["g1"], LABEL: ["malicious"]})
+    counts, (lab, unl, tst) = _settle((labelled, False), (unlabelled, False), (test, True))
+    split_of = defaultdict(set)
+    for table in (lab, unl, tst):
+        for group, split in zip(table[GROUP].to_pylist(), table[SPLIT].to_pylist(), strict=True):
+            split_of[group].add(split)
+    assert all(len(s) == 1 for s in split_of.values())
+    assert split_of["g0"] == {"validation"} and split_of["g1"] == {"test"}
+    assert all(split_of[f"u{i}"] == {"train"} for i in range(n))
+    hashed = Counter(next(iter(split_of[f"g{i}"])) for i in range(2, n))
+    assert hashed["test"] > 0.2 * n and hashed["validation"] > 0.1 * n  # unlabelled rows went with them
+    assert sum(counts.values()) == len(split_of) and counts["train"] >= n
+
+
+def test_a_group_given_two_splits_in_two_shards_is_named_with_both_shards():
+    first = pa.table({GROUP: ["a", "g"], LABEL: ["benign"] * 2, SPLIT: [None, "train"]})
+    second = pa.table({GROUP: ["g"], LABEL: ["benign"], SPLIT: ["test"]})
+    with pytest.raises(DataError, match="group 'g' has rows in split 'test' and in split 'train' .*"
+                                        "in shard-0 and shard-1"):
+        _settle((first, False), (second, False))
+
+
+# Stratified, for sets held in memory (assign_splits) --------------------------------------------------
 
 def test_assignment_does_not_depend_on_row_order(cmdlines):
     groups, labels = cmdlines[GROUP].to_pylist(), cmdlines[LABEL].to_pylist()
@@ -89,15 +159,11 @@ def test_groups_without_a_labelled_row_all_train_and_leave_the_labelled_shares_a
     assert 29 <= labelled.count("test") <= 32 and 8 <= labelled.count("validation") <= 11  # of 102 rows
 
 
-def test_split_table_names_a_group_missing_from_the_assignment():
-    table = pa.table({GROUP: ["a", "b"]})
-    with pytest.raises(DataError, match="'b'"):
-        split_table(table, {"a": "train"})
-
-
 def test_shares_that_leave_no_training_rows_are_refused():
     with pytest.raises(SpecError, match="below 1.0"):
         assign_splits(["a"], ["benign"], validation=0.5, test=0.5, seed=0)
+    with pytest.raises(SpecError, match="below 1.0"):
+        hash_splits(pa.array(["a"]), validation=0.5, test=0.5, seed=0)
 
 
 # Label noise ----------------------------------------------------------------------------------------
@@ -179,17 +245,6 @@ def test_group_noise_mislabels_whole_groups_holding_the_share_asked(cmdlines):
     again = plan_noise("groups", {"malicious": 0.3, "benign": 0.1}, classes, 7, shuffled[GROUP].to_pylist(),
                        shuffled[LABEL].to_pylist())
     assert again.flipped_groups == plan.flipped_groups
-
-
-def test_stratifying_by_source_gives_every_source_its_share(cmdlines):
-    sources = [g.split(":")[0] for g in cmdlines[GROUP].to_pylist()]
-    assignment = assign_splits(cmdlines[GROUP].to_pylist(), cmdlines[LABEL].to_pylist(), 0.15, 0.0, 0, sources)
-    per_source = defaultdict(Counter)
-    for group, source in zip(cmdlines[GROUP].to_pylist(), sources, strict=True):
-        per_source[source][assignment[group]] += 1
-    for source, counts in per_source.items():
-        share = counts["validation"] / sum(counts.values())
-        assert 0.08 <= share <= 0.25, (source, counts)
 
 
 def test_column_noise_takes_another_columns_labels():

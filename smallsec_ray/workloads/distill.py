@@ -15,9 +15,10 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
+from smallsec_ray.audit import audit_shards
 from smallsec_ray.data import schema
 from smallsec_ray.data.noise import apply_noise
-from smallsec_ray.evaluation import compare_at_threshold, evaluate_model, label_audit
+from smallsec_ray.evaluation import compare_at_threshold, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.reference import fit_linear_reference
 from smallsec_ray.report import write_report
@@ -105,14 +106,10 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labe
     comparison = compare_at_threshold(reports["baseline student"], reports["distilled student"],
                                       fpr=max(spec.evaluation.fprs))
 
-    # The label audit: noisy rows whose given label the teacher confidently disputes.
+    # The label audit: noisy rows whose given label the teacher confidently disputes (a top-k per shard, in
+    # tasks; the driver merges the lists).
     noisy_paths = ctx_paths(ctx, labels.shards("noisy"))
-    noisy = read_rows(noisy_paths)
-    plan = noise_plan(spec, noisy_paths)
-    noisy = noisy if plan is None else apply_noise(noisy, plan)
-    true_labels = strings(noisy, schema.TRUE_LABEL) if schema.TRUE_LABEL in noisy.column_names else None
-    audit = label_audit(strings(noisy, schema.ID), strings(noisy, schema.TEXT), strings(noisy, schema.LABEL),
-                        probs_of(noisy), spec.classes, spec.evaluation.audit_top_k, true_labels)
+    audit = audit_shards(noisy_paths, spec.classes, spec.evaluation.audit_top_k, noise_plan(spec, noisy_paths))
 
     stages = [{"stage": "prepare", **stage_rows(data.rows)}, {"stage": "label", **stage_rows(labels.rows)}]
     extra |= {"teacher": labels.teacher, "export": export,
