@@ -7,6 +7,7 @@ quality of the result is the experiment's business (benchmarks/quality), not thi
 import json
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pyarrow.parquet as pq
 import pytest
@@ -24,7 +25,8 @@ def html_rows(shared_data: Path) -> pd.DataFrame:
     rows = pd.concat([benign, phishing])[["html", "label", "source", "origin"]]
     rows = rows.sample(frac=1.0, random_state=1).reset_index(drop=True)
     rows["id"] = [f"p{i}" for i in range(len(rows))]
-    rows["group"] = rows["origin"].str.split("/").str[:2].str.join("/")  # a site (or a kit's brand) per group
+    # A benign page is a site of its own (Fathom's samples); a phishing kit's pages share its brand folder.
+    rows["group"] = rows["origin"].where(rows["label"] == "benign", rows["origin"].str.split("/").str[:2].str.join("/"))
     return rows.drop(columns=["origin"])
 
 
@@ -108,3 +110,15 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     shipped = result("export")
     assert shipped["exported"] is None and shipped["shipped_model"] == result("production")["model_dir"]
     assert "Gate FAILED" in (out / "report.md").read_text()
+
+
+def test_the_gate_refuses_a_model_it_cannot_measure():
+    from smallsec_ray.evaluation import class_metrics
+    from smallsec_ray.workloads.synthetic import gate
+
+    classes = ["benign", "phishing"]
+    both = class_metrics(np.array([[0.9, 0.1], [0.2, 0.8]]), ["benign", "phishing"], classes)
+    assert gate(both, both, 0.0).passed
+    one_class = class_metrics(np.array([[0.9, 0.1], [0.8, 0.2]]), ["phishing", "phishing"], classes)
+    refused = gate(one_class, one_class, 1.0)
+    assert not refused.passed and "roc_auc_macro cannot be measured" in refused.reasons[0], refused

@@ -209,11 +209,15 @@ class Evaluation:
 
 def gate(before: ClassMetrics, after: ClassMetrics, tolerance: float) -> Gate:
     """The new model passes unless accuracy, ROC AUC or macro-F1 on the regression set dropped by more than
-    `tolerance`."""
+    `tolerance`. A metric the regression set cannot give (no rows, or rows of one class only) fails it: an
+    unmeasured model is not shipped."""
+    missing = [m for m in GATE_METRICS if not before.n or getattr(before, m) is None or getattr(after, m) is None]
     b = {m: float(getattr(before, m) or 0.0) for m in GATE_METRICS}
     a = {m: float(getattr(after, m) or 0.0) for m in GATE_METRICS}
-    reasons = [f"{m} fell from {b[m]:.4f} to {a[m]:.4f} ({a[m] - b[m]:+.4f}, tolerance {tolerance:g})"
-               for m in GATE_METRICS if a[m] < b[m] - tolerance]
+    reasons = [f"{m} cannot be measured on the regression set (it needs test rows of every class: give data.test "
+               "or a larger data.split.test)" for m in missing]
+    reasons += [f"{m} fell from {b[m]:.4f} to {a[m]:.4f} ({a[m] - b[m]:+.4f}, tolerance {tolerance:g})"
+                for m in GATE_METRICS if m not in missing and a[m] < b[m] - tolerance]
     return Gate(not reasons, reasons, b, a)
 
 
