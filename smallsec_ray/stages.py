@@ -109,8 +109,7 @@ class StageContext:
         """A path from a stage result as a local path (a model folder, a report), fetched from the output if
         this machine has no copy (the run was started elsewhere)."""
         local = self.run_dir / relative
-        if self.store_root and storage.is_remote(self.store_root) and not local.exists():
-            storage.download(self.store(relative), local)
+        self.fetch(local)
         return local
 
     def fetch(self, local: Path) -> bool:
@@ -118,7 +117,7 @@ class StageContext:
         stage that resumes on another machine reads back."""
         if local.exists():
             return True
-        if not (self.store_root and storage.is_remote(self.store_root)):
+        if not storage.is_remote(self.store_root):
             return False
         remote = self.store_of(local)
         if not storage.exists(remote):
