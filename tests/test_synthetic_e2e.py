@@ -94,8 +94,10 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     assert "Gate passed" in report and "| bags |" in report and "Generation" in report
 
     # A training run that wrecks the model, on another training split: the gate refuses it, production stays
-    # shipped. Generation does not depend on the split: only the stages after it run again.
+    # shipped. Generation does not depend on the split: only the stages after it run again. This run also
+    # replays production's probabilities and weighs synthetic pages less (the trainer's soft-label path).
     spec["synthetic"]["train_families"] = ["tea"]
+    spec["synthetic"].update({"replay_targets": "production", "row_weight": 0.5})
     spec["synthetic"]["training"] = {**spec["training"], "learning_rate": 5.0}
     spec["synthetic"]["tolerance"] = 0.0
     spec_path.write_text(yaml.safe_dump(spec))
@@ -110,6 +112,25 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     shipped = result("export")
     assert shipped["exported"] is None and shipped["shipped_model"] == result("production")["model_dir"]
     assert "Gate FAILED" in (out / "report.md").read_text()
+    lineage = json.loads((out / result("train_student")["model_dir"] / "config.json").read_text())["lineage"]
+    assert lineage["data"]["train_families"] == ["tea"], lineage
+
+    # What the trainer was given: synthetic pages with their label as a one-hot distribution and weight 0.5;
+    # replayed real pages with production's probabilities and weight 1.
+    from smallsec_ray.spec import parse_spec
+    from smallsec_ray.workloads.common import score_student
+    from smallsec_ray.workloads.synthetic import training_rows
+
+    production_dir = out / result("production")["model_dir"]
+    synthetic = pq.read_table(generated / "accepted" / "tea.parquet").select(["id", "text", "label"])
+    replay = pq.read_table(data / "pages.parquet").select(["id", "html", "label"]).slice(0, 5)
+    replay = replay.rename_columns(["id", "text", "label"])
+    rows, distillation = training_rows(parse_spec(spec, "job.yaml"), synthetic, replay, production_dir)
+    assert distillation is not None and rows.num_rows == synthetic.num_rows + 5
+    probs, weights = np.array(rows.column("probs").to_pylist()), np.array(rows.column("weight").to_pylist())
+    n = synthetic.num_rows
+    assert (probs[:n, 1] == 1.0).all() and (weights[:n] == 0.5).all() and (weights[n:] == 1.0).all()
+    assert np.allclose(probs[n:], score_student(production_dir, replay.column("text").to_pylist()), atol=1e-6)
 
 
 def test_the_gate_refuses_a_model_it_cannot_measure():

@@ -70,11 +70,13 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, version: str) -> d
         "synthetic": {"families": [{"name": n, "description": d} for n, d in FAMILIES],
                       "train_families": VERSIONS[version], "holdout_layouts": HOLDOUT_LAYOUTS,
                       "per_family": args.per_family, "temperature": 0.8, "max_tokens": 48, "retries": 4, "seed": 0,
-                      "replay_rows": args.replay_rows, "tolerance": 0.005,
+                      "replay_rows": args.replay_rows, "replay_targets": args.replay_targets,
+                      "row_weight": args.row_weight, "tolerance": 0.005,
                       "training": {**fit, "epochs": args.continue_epochs, "learning_rate": args.continue_lr,
                                    "early_stopping_patience": 2}},
         "student": {"model": "html_hier", "preset": "default"},
         "training": {**fit, "epochs": args.epochs, "learning_rate": args.lr, "early_stopping_patience": 3},
+        "distillation": {"alpha": args.alpha, "temperature": 2.0},  # replay_targets production only
         "evaluation": {"fprs": [0.01, 0.05], "group_by": ["source"]},
         "resources": {"num_cpus": 4},
         "output": str(out),
@@ -97,7 +99,7 @@ def slot_figures(run: Path) -> dict:
     return {"pages": pages, "pages_all_slots_filled": complete, "unfilled_slots_by_reason": dict(reasons)}
 
 
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--per-family", type=int, default=12, help="candidate pages per family and layout set")
@@ -106,8 +108,16 @@ def main() -> int:
     p.add_argument("--continue-epochs", type=int, default=4, help="V1, V2: maximum epochs of further training")
     p.add_argument("--continue-lr", type=float, default=3e-4, help="V1, V2: peak learning rate")
     p.add_argument("--replay-rows", type=int, default=2000, help="real training pages replayed (all there are: 806)")
+    p.add_argument("--replay-targets", choices=["labels", "production"], default="labels",
+                   help="V1, V2: what the replayed real pages teach (production: also production's probabilities)")
+    p.add_argument("--row-weight", type=float, default=1.0, help="V1, V2: loss weight of a synthetic page")
+    p.add_argument("--alpha", type=float, default=0.5, help="replay-targets production: weight of the labels")
     p.add_argument("--out", type=Path, default=Path("runs/quality/html"))
-    args = p.parse_args()
+    return p
+
+
+def main() -> int:
+    args = parser().parse_args()
     if args.quick:
         args.per_family, args.epochs, args.continue_epochs = 6, 4, 2
     suffix = "_quick" if args.quick else ""

@@ -31,7 +31,7 @@ from smallsec_ray.data import schema
 from smallsec_ray.evaluation import ClassMetrics, class_metrics, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.report import save_plot, write_report
-from smallsec_ray.spec import JobSpec
+from smallsec_ray.spec import DistillationSpec, JobSpec
 from smallsec_ray.stages import Stage, StageContext
 from smallsec_ray.students.folder import Lineage
 from smallsec_ray.synthetic.generate import Family
@@ -176,17 +176,41 @@ def run_train_student(ctx: StageContext, data: PreparedData, filtered: Filtered,
     real_train = read_rows(labelled, "train").select(columns)
     order = np.argsort([_share(i, syn.seed) for i in strings(real_train, schema.ID)])
     replay = real_train.take(pa.array(order[:syn.replay_rows])) if syn.replay_rows else real_train.slice(0, 0)
-    train = pa.concat_tables([pages.filter(pa.array(~is_val)).select(columns), replay])
+    production_dir = production_folder(ctx, production)
+    train, distillation = training_rows(spec, pages.filter(pa.array(~is_val)).select(columns), replay,
+                                        production_dir)
     val = pa.concat_tables([pages.filter(pa.array(is_val)).select(columns),
                             read_rows(labelled, "validation").select(columns)])
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,
                       data={"input_runs": ctx.input_runs, "synthetic_rows": int((~is_val).sum()),
                             "replay_rows": replay.num_rows, "train_families": train_families(spec)})
-    student = spec.student.model_copy(update={"init_from": str(production_folder(ctx, production))})
+    student = spec.student.model_copy(update={"init_from": str(production_dir)})
     trained = train_student(syn.training or spec.training, student, spec.classes, ray.data.from_arrow(train),
-                            ray.data.from_arrow(val), ctx.stage_dir, lineage=lineage, name=ctx.stage_dir.name,
-                            store_dir=ctx.store_dir)
+                            ray.data.from_arrow(val), ctx.stage_dir, distillation=distillation, lineage=lineage,
+                            name=ctx.stage_dir.name, store_dir=ctx.store_dir)
     return replace(trained, model_dir=ctx.relative(trained.model_dir))
+
+
+def training_rows(spec: JobSpec, synthetic: pa.Table, replay: pa.Table,
+                  production_dir: Path) -> tuple[pa.Table, DistillationSpec | None]:
+    """The synthetic pages and the replayed real rows as the trainer takes them: with a weight column when
+    synthetic rows weigh less than real ones; with replay_targets production, the production model's
+    probabilities on the replayed rows (the synthetic ones keep their label, as a one-hot distribution) and
+    the distillation spec that mixes them with the labels."""
+    syn = spec.synthetic
+    if syn.row_weight < 1:
+        synthetic = synthetic.append_column(schema.WEIGHT, pa.array(np.full(synthetic.num_rows, syn.row_weight,
+                                                                             dtype=np.float32)))
+        replay = replay.append_column(schema.WEIGHT, pa.array(np.ones(replay.num_rows, dtype=np.float32)))
+    if syn.replay_targets == "labels":
+        return pa.concat_tables([synthetic, replay]), None
+    labels = [spec.classes.index(x) for x in strings(synthetic, schema.LABEL)]
+    one_hot = np.eye(len(spec.classes), dtype=np.float32)[labels]
+    kept = score_student(production_dir, strings(replay, schema.TEXT))
+    probs_type = pa.list_(pa.float32())
+    synthetic = synthetic.append_column(schema.PROBS, pa.array(list(one_hot), type=probs_type))
+    replay = replay.append_column(schema.PROBS, pa.array(list(kept), type=probs_type))
+    return pa.concat_tables([synthetic, replay]), spec.distillation
 
 
 # ---------------------------------------------------------------- evaluate and gate
@@ -379,7 +403,8 @@ STAGES = [
           about="check each page for its artifact type, drop duplicates and copies of seeds"),
     Stage("train_student", run_train_student,
           reads=("classes", "student", "training", "synthetic.training", "synthetic.train_families",
-                 "synthetic.replay_rows", "synthetic.seed"),
+                 "synthetic.replay_rows", "synthetic.replay_targets", "synthetic.row_weight", "synthetic.seed",
+                 "distillation.alpha", "distillation.temperature"),
           inputs={"data": "prepare", "filtered": "filter", "production": "production"},
           about="continue the production student on the training families' pages plus replayed real rows"),
     Stage("evaluate", run_evaluate, reads=("positive_class", "synthetic.tolerance"),
