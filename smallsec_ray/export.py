@@ -9,6 +9,7 @@ PyTorch agree on real rows before it writes the folder; the folder can still be 
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import copy
 import dataclasses
@@ -18,6 +19,7 @@ import json
 import sys
 import tempfile
 import warnings
+import zlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -118,6 +120,9 @@ class OnnxScorer:
         try:
             _check_encoder_size(config.encoder)
             self.encoder = encoder_from_config(config.encoder)
+            unknown = sorted(set(self.thresholds) - set(self.classes))
+            if unknown:
+                raise ValueError(f"thresholds name {unknown}, not among the classes {self.classes}")
             self._threshold_columns = [(self.classes.index(c), float(t)) for c, t in self.thresholds.items()]
         except (ValueError, KeyError, TypeError) as err:
             raise DataError(f"{model_dir / 'config.json'}: its config does not hold together ({err}); export the "
@@ -304,8 +309,17 @@ def score_file(model_dir: str | Path, path: str | Path, column: str = "text", ou
 
 def _text_lines(path: Path) -> ScoreInput:
     """One artifact per line; a line that is not UTF-8 is not scored (its reason names the byte), a blank line
-    is skipped."""
-    raw = gzip.decompress(path.read_bytes()) if path.name.endswith(".gz") else path.read_bytes()
+    is skipped. A UTF-8 byte order mark is dropped; UTF-16 text and a damaged .gz are refused."""
+    raw = path.read_bytes()
+    if path.name.endswith(".gz"):
+        try:
+            raw = gzip.decompress(raw)
+        except (OSError, EOFError, zlib.error) as err:
+            raise DataError(f"{path}: cannot read it as gzip ({type(err).__name__}: {err}); the file is truncated "
+                            "or not gzipped: write it again") from None
+    if raw.startswith((codecs.BOM_UTF16_LE, codecs.BOM_UTF16_BE)):  # every line would pass as text with NULs
+        raise DataError(f"{path}: UTF-16 text; save it as UTF-8")
+    raw = raw.removeprefix(codecs.BOM_UTF8)
     rows = ScoreInput("line", [], [], [])
     for number, line in enumerate(raw.splitlines(), 1):
         try:

@@ -676,7 +676,8 @@ def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
     """Validates an already-loaded mapping; raises SpecError with every problem, each with its key path.
     Whether the files it names exist is checked where they are read (smallsec_ray.job.check_inputs)."""
     if not isinstance(raw, dict):
-        raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {type(raw).__name__}")
+        got = "nothing (the file is empty?)" if raw is None else type(raw).__name__
+        raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level, got {got}")
     _check_size(raw, source)
     secrets: dict[str, str] = {}
     try:
@@ -698,8 +699,21 @@ def load_spec(path: str | Path) -> JobSpec:
         raise SpecError(f"{path}: not UTF-8 text (byte {err.start} is {err.object[err.start:err.start + 1]!r}); "
                         "a job spec is a YAML text file: save it as UTF-8") from None
     except yaml.YAMLError as err:
-        raise SpecError(f"{path}: not valid YAML: {err}") from None
+        raise SpecError(f"{path}: not valid YAML{_yaml_problem(err)}") from None
+    except RecursionError:  # PyYAML builds nested lists and mappings recursively
+        raise SpecError(f"{path}: not valid YAML: lists or mappings nested too deeply; a job spec needs a few "
+                        "levels") from None
     return parse_spec(raw, str(path))
+
+
+def _yaml_problem(err: yaml.YAMLError) -> str:
+    """The YAML error on one line: where and what, e.g. ", line 8, column 1: found character '\\t' that cannot
+    start any token (while scanning for the next token)". PyYAML's own message spans several lines."""
+    mark = getattr(err, "problem_mark", None)
+    if mark is None:
+        return f": {err}"
+    context = f" ({err.context})" if err.context else ""
+    return f", line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}"
 
 
 def spec_variables(path: str | Path) -> tuple[dict[str, str], list[str], list[str]]:

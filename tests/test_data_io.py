@@ -1,5 +1,6 @@
 """Shard IO on real files: finding shards, reading all three formats into the canonical columns, quarantining bad
-rows with their reasons, refusing bad files with messages that name them, and writing Parquet atomically."""
+rows with their reasons, refusing bad files with messages that name them, and writing Parquet atomically. The
+bad-input corpus (tests/bad_inputs, test_bad_inputs.py) holds one file per kind of bad file and bad row."""
 
 from __future__ import annotations
 
@@ -243,33 +244,6 @@ def test_max_rows_counts_bad_rows_too(tmp_path):
     assert (result.rows_in, result.rows.rows_out, result.rows.rows_quarantined) == (3, 2, 1)
 
 
-def _truncated_parquet(path: Path, shared_data: Path) -> None:
-    full = path.with_name("full.parquet")
-    pq.write_table(pa.table({"text": [line["text"] for line in _json_lines(shared_data / "cmdline" /
-                                                                           "gtfobins.jsonl")]}), full)
-    path.write_bytes(full.read_bytes()[:-100])
-
-
-@pytest.mark.parametrize(("name", "make", "message"), [
-    ("cut.parquet", _truncated_parquet, "cannot read it as parquet .*write it again"),
-    ("noise.jsonl.gz", lambda p, d: p.write_bytes(b"\x1f\x8b\x08\x00garbage" * 10), "cannot read it as jsonl"),
-    ("cut.csv.gz", lambda p, d: p.write_bytes(gzip.compress(b"text\n" + b"ls\n" * 1000)[:-30]),
-     "cannot read it as csv"),
-    ("empty.jsonl", lambda p, d: p.write_bytes(b""), r"the file is empty \(0 bytes\)"),
-    ("columns.csv", lambda p, d: p.write_text("cmd,label\nls,benign\n"),
-     r"no text column; looked for \['text', 'url', 'html'\], found \['cmd', 'label'\]; "
-     "set data.columns.text in the spec"),
-    ("columns.parquet", lambda p, d: pq.write_table(pa.table({"cmd": ["ls"]}), p), "no text column"),
-    ("twice.csv", lambda p, d: p.write_text("text,label,text\nls,benign,rm\n"),
-     r"the CSV header repeats the column\(s\) \['text'\]"),
-])
-def test_bad_file_raises_data_error_naming_it(tmp_path, shared_data, name, make, message):
-    path = tmp_path / name
-    make(path, shared_data)
-    with pytest.raises(DataError, match=f"^{re.escape(str(path))}: {message}"):
-        read_shard(str(path), Columns(), classes=CLASSES)
-
-
 def test_missing_file_and_unreadable_metadata_name_the_file(tmp_path):
     with pytest.raises(DataError, match=re.escape(f"{tmp_path}/gone.parquet: no such file")):
         read_shard(str(tmp_path / "gone.parquet"), Columns())
@@ -277,18 +251,3 @@ def test_missing_file_and_unreadable_metadata_name_the_file(tmp_path):
     bad.write_bytes(b"PAR1 not really parquet")
     with pytest.raises(DataError, match=re.escape(f"{bad}: cannot read its Parquet footer")):
         read_parquet_meta(str(bad))
-
-
-def test_text_given_as_a_number_object_or_list_is_quarantined_or_refused(tmp_path):
-    path = tmp_path / "rows.jsonl"
-    path.write_text('{"text": "ls"}\n{"text": 17}\n{"text": {"cmd": "ls"}}\n{"text": ["a"]}\n{"text": true}\n')
-    result = read_shard(str(path), Columns())
-    assert result.rows_in == 5 and _accounted(result) and result.good.column("text").to_pylist() == ["ls"]
-    assert _reasons(result) == {"rows.jsonl:2": "line 2: the text is a number, not a string",
-                                "rows.jsonl:3": "line 3: the text is a JSON object, not a string",
-                                "rows.jsonl:4": "line 4: the text is a JSON list, not a string",
-                                "rows.jsonl:5": "line 5: the text is a boolean, not a string"}
-    shard = tmp_path / "numbers.parquet"
-    pq.write_table(pa.table({"text": [1, 2], "label": ["benign", "benign"]}), shard)
-    with pytest.raises(DataError, match=r"numbers.parquet: the text column 'text' holds int64 values, not text"):
-        read_shard(str(shard), Columns())

@@ -1,4 +1,5 @@
-"""Job spec errors name the key path, what is wrong and what is allowed."""
+"""Job spec errors name the key path, what is wrong and what is allowed; one broken spec of each kind a user
+writes is in the bad-input corpus (tests/bad_inputs/specs, test_bad_inputs.py)."""
 
 from pathlib import Path
 
@@ -39,39 +40,6 @@ def test_minimal_spec_fills_documented_defaults(shard):
     assert spec.classes == ["benign", "malicious"]
 
 
-def test_misspelt_key_names_its_path_and_the_allowed_keys(shard):
-    raw = minimal(shard, training={"scaling": {"zero_stag": 2}})
-    msg = errors_of(raw)
-    assert "training.scaling.zero_stag: unknown key" in msg
-    assert "zero_stage" in msg  # the allowed keys are listed
-
-
-def test_wrong_type_and_bad_enum_are_reported_together(shard):
-    raw = minimal(shard, training={"scaling": {"zero_stage": 5}, "epochs": "three"})
-    msg = errors_of(raw)
-    assert "2 error(s)" in msg
-    assert "training.scaling.zero_stage" in msg and "0, 1, 2 or 3" in msg
-    assert "training.epochs" in msg and "'three'" in msg
-
-
-def test_strings_are_not_coerced_to_numbers(shard):
-    assert "training.batch_size" in errors_of(minimal(shard, training={"batch_size": "64"}))
-
-
-def test_missing_required_key_and_missing_file(tmp_path, shard):
-    raw = minimal(shard, data={"labelled": [str(tmp_path / "nope" / "*.parquet")]})
-    del raw["output"]
-    msg = errors_of(raw)
-    assert "output: required key is missing" in msg
-    raw["output"] = "runs/x"
-    msg = errors_of(raw)
-    assert "data.labelled.0" in msg and "nope" in msg
-
-
-def test_positive_class_must_be_a_class(shard):
-    assert "positive_class 'evil' is not one of classes" in errors_of(minimal(shard, positive_class="evil"))
-
-
 def test_replicas_take_a_count_or_a_min_max_pair(shard):
     assert parse_spec(minimal(shard, labeling={"replicas": [1, 3]})).labeling.replicas == (1, 3)
     assert "replicas" in errors_of(minimal(shard, labeling={"replicas": [3, 1]}))
@@ -82,13 +50,6 @@ def test_environment_variables_expand_with_defaults(shard, monkeypatch):
     assert parse_spec(raw).output == "runs/job"
     monkeypatch.setenv("RUNS_DIR", "/tmp/elsewhere")
     assert parse_spec(raw).output == "/tmp/elsewhere/job"
-
-
-def test_yaml_is_read_with_safe_load(tmp_path):
-    path = tmp_path / "evil.yaml"
-    path.write_text("name: !!python/object/apply:os.system ['echo pwned']\n")
-    with pytest.raises(SpecError, match="not valid YAML"):
-        load_spec(path)
 
 
 def test_validate_command_prints_errors_and_exits_2(tmp_path, shard, capsys):
@@ -157,10 +118,6 @@ def test_semi_supervised_keys_are_checked(shard):
                                                       "teacher": {"finetune": {"enabled": False}}})
 
 
-def test_a_teacher_model_uri_is_refused_by_validate(shard):
-    assert "teacher.model: 's3://bucket/model' is a URI" in errors_of(minimal(shard, teacher={"model": "s3://bucket/model"}))
-
-
 def test_importing_the_spec_imports_no_data_module():
     import subprocess
     import sys
@@ -194,53 +151,6 @@ def test_synthetic_keys_are_checked(shard, tmp_path):
     assert parse_spec({**syn, "student": {"model": "html_hier"}}).student.init_from is None  # trained here
     assert "label is not one of classes" in errors_of(
         {**syn, "synthetic": {"families": [*families, {"name": "x", "description": "y", "label": "malware"}]}})
-
-
-def test_a_yaml_alias_bomb_is_refused_before_it_fills_the_memory(tmp_path):
-    lines = ['a: &a ["x", "x", "x", "x", "x", "x", "x", "x", "x"]']
-    for k in "bcdefghi":
-        previous = lines[-1].split("&")[1].split()[0]
-        lines.append(f"{k}: &{k} [" + ", ".join(f"*{previous}" for _ in range(9)) + "]")
-    path = tmp_path / "bomb.yaml"
-    path.write_text("\n".join(lines) + "\nname: t\n")
-    with pytest.raises(SpecError, match=r"bomb.yaml: the spec expands to more than 100,000"):
-        load_spec(path)
-
-
-@pytest.mark.parametrize("content", [b"name: t\x00\xff\xfe\n", "name: caf\xe9\n".encode("latin-1")])
-def test_a_binary_or_latin1_spec_names_the_file_and_the_byte(tmp_path, content):
-    path = tmp_path / "job.yaml"
-    path.write_bytes(content)
-    with pytest.raises(SpecError, match=r"job.yaml: not UTF-8 text \(byte \d+ is .*save it as UTF-8"):
-        load_spec(path)
-
-
-def test_a_key_given_twice_is_an_error_with_its_lines(tmp_path, shard):
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(minimal(shard)) + "training:\n  epochs: 3\ntraining:\n  batch_size: 8\n")
-    with pytest.raises(SpecError, match=r"key 'training' is given twice in this mapping \(first on line \d+\)"):
-        load_spec(path)
-
-
-@pytest.mark.parametrize("key", ["training", "distillation"])
-def test_infinite_and_nan_numbers_are_refused(shard, key):
-    field = {"training": "learning_rate", "distillation": "temperature"}[key]
-    for value in (float("inf"), float("nan")):
-        with pytest.raises(SpecError, match=rf"{key}.{field}: Input should be a finite number"):
-            parse_spec(minimal(shard, **{key: {field: value}}))
-
-
-@pytest.mark.parametrize("output", ["/", "", "  ", "../../../../../../../../etc", "~"])
-def test_an_output_at_the_root_a_system_folder_or_home_is_refused(shard, output):
-    with pytest.raises(SpecError, match=r"output: .*(is empty|a folder of its own)"):
-        parse_spec(minimal(shard, output=output))
-
-
-def test_an_unset_variable_names_the_key_and_the_file(shard, monkeypatch):
-    monkeypatch.delenv("SMALLSEC_TEST_UNSET", raising=False)
-    raw = minimal(shard, data={"labelled": [str(shard), "${SMALLSEC_TEST_UNSET}/x.jsonl"]})
-    with pytest.raises(SpecError, match=r"job.yaml: data.labelled\[1\]: environment variable SMALLSEC_TEST_UNSET"):
-        parse_spec(raw, "job.yaml")
 
 
 def test_secret_variables_are_masked_in_what_validate_prints_and_the_run_writes(tmp_path, shard, monkeypatch, capsys):

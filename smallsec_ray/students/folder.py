@@ -91,8 +91,12 @@ def read_config(folder: str | Path) -> ModelConfig:
                         "export with this version")
     try:
         return TypeAdapter(ModelConfig).validate_python(raw)
-    except ValidationError as err:
-        raise DataError(f"{path}: not a valid student model config: {err}") from None
+    except ValidationError as err:  # its own message spans several lines: the first problem, on one
+        first = err.errors()[0]
+        where = ".".join(str(p) for p in first["loc"]) or "(top level)"
+        more = f" and {err.error_count() - 1} more" if err.error_count() > 1 else ""
+        raise DataError(f"{path}: not a valid student model config ({where}: {first['msg']}{more}); give a folder "
+                        "written by training or export") from None
 
 
 def model_folder(path: str | Path) -> Path:
