@@ -552,6 +552,9 @@ class JobSpec(Section):
 
 
 _ENV_VAR = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+_NUMBER = re.compile(r"[+-]?(\d+\.?\d*|\.\d+)([eE][+-]?\d+)?")
+
+
 def _value_at(dump: dict, key: str) -> Any:
     value: Any = dump
     for part in key.split("."):
@@ -571,7 +574,9 @@ MAX_SPEC_VALUES = 100_000  # keys, items and values of a spec with its YAML alia
 
 def _expand_env(value: Any, source: str = "spec", key: str = "", secrets: dict[str, str] | None = None) -> Any:
     """Expands ${VAR} and ${VAR:-default} in strings, so one spec can point at data by environment; the values
-    of secret-looking variables go into `secrets` (value -> name) so that they can be masked again."""
+    of secret-looking variables go into `secrets` (value -> name) so that they can be masked again. A value
+    that is one whole reference takes the type of what it expands to (`workers: "${WORKERS:-8}"` -> 8), so
+    that counts and switches can come from the environment too."""
     secrets = {} if secrets is None else secrets
     if isinstance(value, str):
         def repl(m: re.Match) -> str:
@@ -583,12 +588,22 @@ def _expand_env(value: Any, source: str = "spec", key: str = "", secrets: dict[s
                 return m.group(2)
             raise SpecError(f"{source}: {key or '(top level)'}: environment variable {m.group(1)} is not set and "
                             f"has no default (set it, or write ${{{m.group(1)}:-DEFAULT}} to give one)")
-        return _ENV_VAR.sub(repl, value)
+        expanded = _ENV_VAR.sub(repl, value)
+        return _typed(expanded) if _ENV_VAR.fullmatch(value) else expanded
     if isinstance(value, dict):
         return {k: _expand_env(v, source, f"{key}.{k}" if key else str(k), secrets) for k, v in value.items()}
     if isinstance(value, list):
         return [_expand_env(v, source, f"{key}[{i}]", secrets) for i, v in enumerate(value)]
     return value
+
+
+def _typed(text: str) -> Any:
+    """"true"/"false" as a bool, an integer or a decimal number as a number, anything else as the string."""
+    if text in ("true", "false"):
+        return text == "true"
+    if _NUMBER.fullmatch(text):
+        return int(text) if text.lstrip("+-").isdigit() else float(text)
+    return text
 
 
 def _masked(text: str, secrets: dict[str, str]) -> str:

@@ -153,6 +153,23 @@ def test_synthetic_keys_are_checked(shard, tmp_path):
         {**syn, "synthetic": {"families": [*families, {"name": "x", "description": "y", "label": "malware"}]}})
 
 
+def test_a_whole_variable_reference_takes_the_type_of_its_value(shard, monkeypatch):
+    """Counts and switches come from the environment too (jobs/cluster/distill.yaml's GPUS_PER_WORKER...)."""
+    monkeypatch.setenv("SMALLSEC_TEST_GPUS", "0")
+    monkeypatch.delenv("SMALLSEC_TEST_UNSET", raising=False)
+    raw = minimal(shard, output="runs/${SMALLSEC_TEST_GPUS}",
+                  training={"scaling": {"workers": "${SMALLSEC_TEST_UNSET:-3}",
+                                        "gpus_per_worker": "${SMALLSEC_TEST_GPUS}",
+                                        "cpus_per_worker": "${SMALLSEC_TEST_UNSET:-0.5}"},
+                            "materialize": "${SMALLSEC_TEST_UNSET:-false}"})
+    spec = parse_spec(raw)
+    assert spec.training.scaling.workers == 3 and spec.training.scaling.gpus_per_worker == 0.0
+    assert spec.training.scaling.cpus_per_worker == 0.5 and spec.training.materialize is False
+    assert spec.output == "runs/0"  # a reference inside a longer string stays text
+    monkeypatch.setenv("SMALLSEC_TEST_GPUS", "one")
+    assert "training.scaling.gpus_per_worker" in errors_of(raw)
+
+
 def test_secret_variables_are_masked_in_what_validate_prints_and_the_run_writes(tmp_path, shard, monkeypatch, capsys):
     monkeypatch.setenv("SMALLSEC_TEST_TOKEN", "s3cr3t-value")
     monkeypatch.setenv("SMALLSEC_TEST_BUCKET", "my-bucket")

@@ -172,7 +172,7 @@ def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt
     identity = {"model": str(path), "backend": backend, "kind": kind, "dtype": dtype,
                 "fingerprint": weights_fingerprint(path)}
     if kind == "classifier":
-        inputs = ClassifierInputs(tokenizer, _bounded_length(max_length, config, path))
+        inputs = ClassifierInputs(tokenizer, bounded_length(max_length, config, path))
         columns = class_columns(config, classes, path)
         model_len = inputs.max_length
     else:
@@ -300,7 +300,8 @@ def _load_tokenizer(path: Path):
     return tokenizer
 
 
-def _bounded_length(max_length: int, config: dict, path: Path) -> int:
+def bounded_length(max_length: int, config: dict, path: Path) -> int:
+    """teacher.max_length, or the model's positions where it has fewer (fine-tuning and serving alike)."""
     model_max = config.get("max_position_embeddings") or max_length
     if max_length > model_max:
         log.warning("teacher.max_length %d is over %s's %d positions; using %d", max_length, path,

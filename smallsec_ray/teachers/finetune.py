@@ -10,6 +10,7 @@ parameter; the engine gathers them (deepspeed.zero.GatheredParameters) before ra
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from torch import nn
 
 from smallsec_ray.data.schema import LABEL
 from smallsec_ray.spec import FinetuneSpec
+from smallsec_ray.teachers.backends import bounded_length
 from smallsec_ray.training.loss import distillation_loss
 from smallsec_ray.training.trainer import TrainedModel, fit
 
@@ -76,7 +78,9 @@ def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds:
     the new head and the dropout (ensemble members differ by it). With `pseudo_labelled`, every row of
     `train_ds` carries `probs` (one-hot for labelled rows) and the unlabelled ones learn them. Checkpoints go
     under `store_dir` (out_dir's place in the run's output; default out_dir)."""
-    task = TeacherTask(str(Path(model_dir).resolve()), list(classes), max_length, use_soft_labels=pseudo_labelled)
+    path = Path(model_dir).resolve()
+    max_length = bounded_length(max_length, json.loads((path / "config.json").read_text()), path)
+    task = TeacherTask(str(path), list(classes), max_length, use_soft_labels=pseudo_labelled)
     labelled = col(LABEL).is_not_null()
     train = train_ds if pseudo_labelled else train_ds.filter(expr=labelled)
     return fit(task, finetune, train, val_ds.filter(expr=labelled), out_dir, name=name, seed=seed,
