@@ -381,8 +381,8 @@ class SyntheticSpec(Section):
         "the production model's probabilities, mixed by distillation.alpha at distillation.temperature (learning "
         "without forgetting: the new model is pulled towards production's view of real pages).")
     row_weight: float = Field(1.0, gt=0, le=1, description="Loss weight of a synthetic row, a real row "
-                                    "weighing 1: below 1 the synthetic pages shift the class balance the "
-                                    "production model learned less.")
+                              "weighing 1: below 1 the synthetic pages shift the class balance the production "
+                              "model learned less.")
     tolerance: float = Field(0.005, ge=0, le=1, description="The gate: the new model is refused when accuracy, ROC "
                              "AUC or macro-F1 on the regression set (the real test rows) drops by more than this.")
     training: TrainingSpec | None = Field(None, description="How the new model continues training (often fewer "
