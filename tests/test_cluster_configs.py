@@ -1,5 +1,6 @@
 """The launcher configs in cluster/ pass the schema shipped in the Ray package (and Ray's own validation after
-its defaults), and every resource the cluster specs ask for is offered by some node group of each config."""
+its defaults), cluster/kuberay.yaml uses only fields of KubeRay's CRDs (a hand-made subset of them, offline), and
+every resource the cluster specs ask for is offered by some node group of each config."""
 
 from __future__ import annotations
 
@@ -111,3 +112,44 @@ def test_every_request_of_a_cluster_spec_fits_a_kuberay_group(spec_name):
     for what, wanted in requests(spec):
         fitting = [g for g, offered in groups.items() if all(offered.get(k, 0) >= v for k, v in wanted.items() if v)]
         assert fitting, f"{spec_name}: {what} asks for {wanted}; no KubeRay group offers it"
+
+
+def crd_validator(kind: str):
+    """Validates one kind against tests/kuberay_crd_subset.yaml, hand-made from KubeRay's CRDs (see its header)."""
+    import jsonschema
+
+    schema = yaml.safe_load((ROOT / "tests" / "kuberay_crd_subset.yaml").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    return jsonschema.Draft202012Validator({**schema, "$ref": f"#/$defs/{kind}"})
+
+
+@pytest.mark.parametrize("kind", ["RayCluster", "RayJob"])
+def test_kuberay_manifest_uses_only_fields_of_the_crds(kind):
+    crd_validator(kind).validate(kuberay()[kind])
+
+
+# (kind, path to a mapping, key taken out, key put in (or None), its value, what the refusal names)
+BROKEN = [
+    ("RayCluster", ["spec", "headGroupSpec"], "rayStartParams", "rayStartParam", {}, "'rayStartParam' was unexpected"),
+    ("RayCluster", ["spec"], "enableInTreeAutoscaling", "enableInTreeAutoscaling", "true", "is not of type 'boolean'"),
+    ("RayCluster", ["spec", "autoscalerOptions"], None, "upscalingMode", "Fast", "'Fast' is not one of"),
+    ("RayCluster", ["spec", "workerGroupSpecs", 1, "template", "spec", "containers", 0], "volumeMounts", "volumeMount",
+     [], "'volumeMount' was unexpected"),
+    ("RayCluster", ["spec", "workerGroupSpecs", 0], "minReplicas", None, None, "'minReplicas' is a required"),
+    ("RayJob", ["spec"], "runtimeEnvYAML", "runtimeEnvYaml", "", "'runtimeEnvYaml' was unexpected"),
+]
+
+
+@pytest.mark.parametrize(("kind", "path", "old", "new", "value", "message"), BROKEN)
+def test_crd_subset_refuses_a_misspelt_or_mistyped_field(kind, path, old, new, value, message):
+    import jsonschema
+
+    doc = kuberay()[kind]
+    parent = doc
+    for step in path:
+        parent = parent[step]
+    parent.pop(old, None)
+    if new is not None:
+        parent[new] = value
+    with pytest.raises(jsonschema.ValidationError, match=message):
+        crd_validator(kind).validate(doc)
