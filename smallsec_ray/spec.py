@@ -383,6 +383,10 @@ class SyntheticSpec(Section):
     row_weight: float = Field(1.0, gt=0, le=1, description="Loss weight of a synthetic row, a real row "
                               "weighing 1: below 1 the synthetic pages shift the class balance the production "
                               "model learned less.")
+    counterpart_class: str | None = Field(None, description="HTML: each synthetic training page also trains as "
+                                          "its counterpart: the same page with its password and payment-card "
+                                          "forms taken out, of this class (e.g. benign), so that a page's prose "
+                                          "and layout alone cannot decide; null: no counterparts.")
     tolerance: float = Field(0.005, ge=0, le=1, description="The gate: the new model is refused when accuracy, ROC "
                              "AUC or macro-F1 on the regression set (the real test rows) drops by more than this.")
     training: TrainingSpec | None = Field(None, description="How the new model continues training (often fewer "
@@ -520,6 +524,12 @@ class JobSpec(Section):
         bad = [f.name for f in syn.families if f.label is not None and f.label not in self.classes]
         if bad:
             raise ValueError(f"synthetic.families {bad}: label is not one of classes {self.classes}")
+        if syn.counterpart_class is not None and syn.counterpart_class not in self.classes:
+            raise ValueError(f"synthetic.counterpart_class {syn.counterpart_class!r} is not one of classes "
+                             f"{self.classes}")
+        if syn.counterpart_class is not None and self.artifact != "html":
+            raise ValueError("synthetic.counterpart_class works on HTML pages (their forms are taken out); set it "
+                             "to null for other artifacts")
         if self.teacher.kind != "generative":
             raise ValueError("workload synthetic needs a generative teacher (teacher.kind: generative) to write pages")
         from smallsec_ray.synthetic.templates import layouts

@@ -151,6 +151,12 @@ def test_synthetic_keys_are_checked(shard, tmp_path):
     assert parse_spec({**syn, "student": {"model": "html_hier"}}).student.init_from is None  # trained here
     assert "label is not one of classes" in errors_of(
         {**syn, "synthetic": {"families": [*families, {"name": "x", "description": "y", "label": "malware"}]}})
+    assert parse_spec({**syn, "synthetic": {"families": families, "counterpart_class": "benign"}})
+    assert "counterpart_class 'clean' is not one of classes" in errors_of(
+        {**syn, "synthetic": {"families": families, "counterpart_class": "clean"}})
+    assert "counterpart_class works on HTML pages" in errors_of(
+        {**syn, "artifact": "url", "student": {"model": "char_cnn"},
+         "synthetic": {"families": families, "counterpart_class": "benign"}})
 
 
 def test_a_whole_variable_reference_takes_the_type_of_its_value(shard, monkeypatch):

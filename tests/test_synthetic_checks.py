@@ -5,7 +5,14 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from smallsec_ray.synthetic.checks import REASONS, check, check_html, has_credential_form, visible_text
+from smallsec_ray.synthetic.checks import (
+    REASONS,
+    check,
+    check_html,
+    has_credential_form,
+    visible_text,
+    without_credential_forms,
+)
 from smallsec_ray.synthetic.dedup import drop_duplicates
 
 LOGIN = """<html><head><title>Tea House</title><style>body {{color: red}}</style></head><body>
@@ -44,6 +51,28 @@ def test_a_usable_page_passes_and_each_broken_one_gets_its_reason():
     no_form = f"<html><body><p>{text}</p><a href='/login'>Sign in</a></body></html>"
     assert check_html(no_form, phishing=True) == "no_credential_form"
     assert check_html(no_form, phishing=False) is None  # a benign page needs no form
+
+
+def test_a_counterpart_is_the_page_without_its_credential_forms_where_a_page_is_left(zphisher):
+    import pyarrow as pa
+
+    from smallsec_ray.workloads.synthetic import counterparts
+
+    text = WORDS * 3
+    newsletter = '<form action="/news"><input name="email" placeholder="Your email"></form>'
+    login = LOGIN.format(text=text).replace("</body>", newsletter + "</body>")
+    twin = without_credential_forms(login)
+    assert not has_credential_form(twin) and 'type="password"' not in twin
+    assert "/news" in twin and visible_text(twin) == visible_text(login)  # other forms and the text stay
+    real = [h for h in zphisher["html"] if has_credential_form(h)][:5]
+    assert real and not any(has_credential_form(without_credential_forms(h)) for h in real)
+
+    pages = pa.table({"id": ["a", "b", "c"], "text": [login, CHECKOUT.format(text="Pay now"), CHECKOUT.format(
+        text=text)], "label": ["phishing"] * 3})
+    rows, source = counterparts(pages, "benign", min_text_chars=100)
+    assert rows.column("id").to_pylist() == ["a.counterpart", "c.counterpart"]  # b: too little text is left
+    assert source.tolist() == [0, 2] and set(rows.column("label").to_pylist()) == {"benign"}
+    assert rows.schema == pages.schema and not any(has_credential_form(h) for h in rows.column("text").to_pylist())
 
 
 def test_command_lines_and_urls():

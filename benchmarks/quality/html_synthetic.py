@@ -71,7 +71,7 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, version: str) -> d
                       "train_families": VERSIONS[version], "holdout_layouts": HOLDOUT_LAYOUTS,
                       "per_family": args.per_family, "temperature": 0.8, "max_tokens": 48, "retries": 4, "seed": 0,
                       "replay_rows": args.replay_rows, "replay_targets": args.replay_targets,
-                      "row_weight": args.row_weight, "tolerance": 0.005,
+                      "row_weight": args.row_weight, "counterpart_class": args.counterpart_class, "tolerance": 0.005,
                       "training": {**fit, "epochs": args.continue_epochs, "learning_rate": args.continue_lr,
                                    "early_stopping_patience": 2}},
         "student": {"model": "html_hier", "preset": "default"},
@@ -112,6 +112,8 @@ def parser() -> argparse.ArgumentParser:
                    help="V1, V2: what the replayed real pages teach (production: also production's probabilities)")
     p.add_argument("--row-weight", type=float, default=0.3, help="V1, V2: loss weight of a synthetic page")
     p.add_argument("--alpha", type=float, default=0.5, help="replay-targets production: weight of the labels")
+    p.add_argument("--counterpart-class", default=None, help="V1, V2: each synthetic page also trains, without its "
+                   "credential forms, as this class (benign)")
     p.add_argument("--out", type=Path, default=Path("runs/quality/html"))
     return p
 

@@ -44,6 +44,9 @@ RECIPES = {
     "replay-production-a0.2": {"replay_targets": "production", "row_weight": 1.0, "alpha": 0.2},
     "weight0.3": {"replay_targets": "labels", "row_weight": 0.3},
     "replay-production-weight0.3": {},  # chosen on these validation rows: now the experiment's default
+    "counterparts": {"counterpart_class": "benign"},  # each page also as a benign page without its forms
+    "counterparts-weight1": {"counterpart_class": "benign", "row_weight": 1.0},
+    "counterparts-labels-weight1": {"counterpart_class": "benign", **LABELS},
 }
 
 

@@ -53,14 +53,26 @@ def visible_text(html: str) -> str:
 
 def has_credential_form(html: str) -> bool:
     """A <form> holding a password field or a payment-card field."""
-    for form in HTMLParser(html).css("form"):
-        for field in form.css("input, select"):
-            attrs = field.attributes
-            if (attrs.get("type") or "").lower() == "password":
-                return True
-            described = " ".join(attrs.get(k) or "" for k in ("name", "id", "placeholder", "autocomplete"))
-            if CARD_FIELD.search(described):
-                return True
+    return any(_asks_for_credentials(form) for form in HTMLParser(html).css("form"))
+
+
+def without_credential_forms(html: str) -> str:
+    """The page with every form that asks for a password or a payment card taken out (the rest untouched)."""
+    tree = HTMLParser(html)
+    for form in tree.css("form"):
+        if _asks_for_credentials(form):
+            form.decompose()
+    return tree.html or ""
+
+
+def _asks_for_credentials(form) -> bool:
+    for field in form.css("input, select"):
+        attrs = field.attributes
+        if (attrs.get("type") or "").lower() == "password":
+            return True
+        described = " ".join(attrs.get(k) or "" for k in ("name", "id", "placeholder", "autocomplete"))
+        if CARD_FIELD.search(described):
+            return True
     return False
 
 

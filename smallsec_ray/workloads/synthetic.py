@@ -10,9 +10,9 @@ held-out families (not in synthetic.train_families) that is the stricter holdout
 seen), for the training families a check of new layouts alone. Generation does not depend on which families
 train, so one generation serves several training splits. The production model is student.init_from, or,
 without one, a student trained here on the real training rows. The new model continues from it on the
-accepted pages of the training families (a fifth of them, by id hash, kept for validation) plus
-`replay_rows` real training rows, and picks its epoch on the real validation split plus those synthetic
-validation pages.
+accepted pages of the training families (a fifth of them, by id hash, kept for validation), their
+counterparts without credential forms (with counterpart_class), plus `replay_rows` real training rows, and
+picks its epoch on the real validation split plus those synthetic validation pages.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ from smallsec_ray.report import save_plot, write_report
 from smallsec_ray.spec import DistillationSpec, JobSpec
 from smallsec_ray.stages import Stage, StageContext
 from smallsec_ray.students.folder import Lineage
+from smallsec_ray.synthetic.checks import check_html, without_credential_forms
 from smallsec_ray.synthetic.generate import Family
 from smallsec_ray.synthetic.pipeline import (
     ACCEPTED,
@@ -170,25 +171,44 @@ def run_train_student(ctx: StageContext, data: PreparedData, filtered: Filtered,
                       production: Production) -> TrainedModel:
     spec, syn = ctx.spec, ctx.spec.synthetic
     labelled = ctx_paths(ctx, data.shards("labelled"))
-    pages = accepted_rows(ctx, filtered, train_families(spec))
-    is_val = np.array([_share(i, syn.seed) < VALIDATION_SHARE for i in strings(pages, schema.ID)], dtype=bool)
     columns = [schema.ID, schema.TEXT, schema.LABEL]
+    pages = accepted_rows(ctx, filtered, train_families(spec)).select(columns)
+    is_val = np.array([_share(i, syn.seed) < VALIDATION_SHARE for i in strings(pages, schema.ID)], dtype=bool)
+    twins = 0
+    if syn.counterpart_class:  # a counterpart goes where its page goes: training or validation
+        counterpart_rows, source = counterparts(pages, syn.counterpart_class, syn.min_text_chars)
+        pages, is_val = pa.concat_tables([pages, counterpart_rows]), np.concatenate([is_val, is_val[source]])
+        twins = counterpart_rows.num_rows
     real_train = read_rows(labelled, "train").select(columns)
     order = np.argsort([_share(i, syn.seed) for i in strings(real_train, schema.ID)])
     replay = real_train.take(pa.array(order[:syn.replay_rows])) if syn.replay_rows else real_train.slice(0, 0)
     production_dir = production_folder(ctx, production)
-    train, distillation = training_rows(spec, pages.filter(pa.array(~is_val)).select(columns), replay,
-                                        production_dir)
-    val = pa.concat_tables([pages.filter(pa.array(is_val)).select(columns),
-                            read_rows(labelled, "validation").select(columns)])
+    train, distillation = training_rows(spec, pages.filter(pa.array(~is_val)), replay, production_dir)
+    val = pa.concat_tables([pages.filter(pa.array(is_val)), read_rows(labelled, "validation").select(columns)])
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,
                       data={"input_runs": ctx.input_runs, "synthetic_rows": int((~is_val).sum()),
-                            "replay_rows": replay.num_rows, "train_families": train_families(spec)})
+                            "counterpart_rows": twins, "replay_rows": replay.num_rows,
+                            "train_families": train_families(spec)})
     student = spec.student.model_copy(update={"init_from": str(production_dir)})
     trained = train_student(syn.training or spec.training, student, spec.classes, ray.data.from_arrow(train),
                             ray.data.from_arrow(val), ctx.stage_dir, distillation=distillation, lineage=lineage,
                             name=ctx.stage_dir.name, store_dir=ctx.store_dir)
     return replace(trained, model_dir=ctx.relative(trained.model_dir))
+
+
+def counterparts(pages: pa.Table, label: str, min_text_chars: int) -> tuple[pa.Table, np.ndarray]:
+    """Each page with its password and payment-card forms taken out, as a row of class `label` (id: the page's
+    id + ".counterpart"), where what is left still passes the HTML checks (a body, enough visible text, no
+    markers); and the index in `pages` of the page each comes from."""
+    ids, texts, source = [], [], []
+    for i, (row_id, html) in enumerate(zip(strings(pages, schema.ID), strings(pages, schema.TEXT), strict=True)):
+        twin = without_credential_forms(html)
+        if check_html(twin, phishing=False, min_text_chars=min_text_chars) is None:
+            ids.append(f"{row_id}.counterpart")
+            texts.append(twin)
+            source.append(i)
+    table = pa.table({schema.ID: ids, schema.TEXT: texts, schema.LABEL: [label] * len(ids)}, schema=pages.schema)
+    return table, np.array(source, dtype=np.int64)
 
 
 def training_rows(spec: JobSpec, synthetic: pa.Table, replay: pa.Table,
@@ -404,6 +424,7 @@ STAGES = [
     Stage("train_student", run_train_student,
           reads=("classes", "student", "training", "synthetic.training", "synthetic.train_families",
                  "synthetic.replay_rows", "synthetic.replay_targets", "synthetic.row_weight", "synthetic.seed",
+                 "synthetic.counterpart_class", "synthetic.min_text_chars",
                  "distillation.alpha", "distillation.temperature"),
           inputs={"data": "prepare", "filtered": "filter", "production": "production"},
           about="continue the production student on the training families' pages plus replayed real rows"),
