@@ -110,9 +110,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--replay-rows", type=int, default=2000, help="real training pages replayed (all there are: 806)")
     p.add_argument("--replay-targets", choices=["labels", "production"], default="production",
                    help="V1, V2: what the replayed real pages teach (production: also production's probabilities)")
-    p.add_argument("--row-weight", type=float, default=0.3, help="V1, V2: loss weight of a synthetic page")
+    p.add_argument("--row-weight", type=float, default=1.0, help="V1, V2: loss weight of a synthetic page")
     p.add_argument("--alpha", type=float, default=0.5, help="replay-targets production: weight of the labels")
-    p.add_argument("--counterpart-class", default=None, help="V1, V2: each synthetic page also trains, without its "
+    p.add_argument("--counterpart-class", default="benign", help="V1, V2: each synthetic page also trains, without its "
                    "credential forms, as this class (benign)")
     p.add_argument("--out", type=Path, default=Path("runs/quality/html"))
     return p

@@ -34,19 +34,21 @@ from smallsec_ray.spec import parse_spec  # noqa: E402
 from smallsec_ray.workloads.common import score_student  # noqa: E402
 
 # name -> html_synthetic.py options that differ from its defaults
-LABELS = {"replay_targets": "labels", "row_weight": 1.0}  # the first runs' recipe: labels replayed, weight 1
+# the first runs' recipe: labels replayed, a synthetic page weighs 1, no counterparts
+LABELS = {"replay_targets": "labels", "row_weight": 1.0, "counterpart_class": None}
 RECIPES = {
     "lr3e-4-e4": LABELS,
     "lr1e-4-e4": {**LABELS, "continue_lr": 1e-4},
     "lr1e-4-e2": {**LABELS, "continue_lr": 1e-4, "continue_epochs": 2},
     "lr3e-5-e4": {**LABELS, "continue_lr": 3e-5},
-    "replay-production": {"replay_targets": "production", "row_weight": 1.0},
-    "replay-production-a0.2": {"replay_targets": "production", "row_weight": 1.0, "alpha": 0.2},
-    "weight0.3": {"replay_targets": "labels", "row_weight": 0.3},
-    "replay-production-weight0.3": {},  # chosen on these validation rows: now the experiment's default
-    "counterparts": {"counterpart_class": "benign"},  # each page also as a benign page without its forms
-    "counterparts-weight1": {"counterpart_class": "benign", "row_weight": 1.0},
-    "counterparts-labels-weight1": {"counterpart_class": "benign", **LABELS},
+    "replay-production": {"replay_targets": "production", "row_weight": 1.0, "counterpart_class": None},
+    "replay-production-a0.2": {"replay_targets": "production", "row_weight": 1.0, "alpha": 0.2,
+                               "counterpart_class": None},
+    "weight0.3": {"replay_targets": "labels", "row_weight": 0.3, "counterpart_class": None},
+    "replay-production-weight0.3": {"replay_targets": "production", "row_weight": 0.3, "counterpart_class": None},
+    "counterparts": {"replay_targets": "production", "row_weight": 0.3},  # each page also benign, without forms
+    "counterparts-weight1": {},  # chosen on these validation rows: now the experiment's default
+    "counterparts-labels-weight1": {"replay_targets": "labels"},
 }
 
 
@@ -80,7 +82,9 @@ def main() -> int:
         families = json.loads((out / "evaluate" / "manifest.json").read_text())["result"]["families"]
         held = [f["new"] for f in families if f["holdout"] == "held out, training layouts"]
         recipes[name] = {
-            "name": name, "date": date.today().isoformat(), "options": RECIPES[name],
+            "name": name, "date": date.today().isoformat(),
+            "options": {k: getattr(options, k) for k in ("replay_targets", "row_weight", "counterpart_class")}
+            | RECIPES[name],
             "learning_rate": options.continue_lr, "epochs": options.continue_epochs, "best_epoch": result["best_epoch"],
             "validation": {m: float(getattr(after, m)) for m in results["production"]},
             "held_out_family_mean": float(np.mean(held))}
