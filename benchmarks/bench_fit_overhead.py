@@ -4,6 +4,13 @@ Ray Data's Parquet reader V2 (Ray 2.60's default) or V1 (what `init_ray` sets).
 
     .venv/bin/python benchmarks/bench_fit_overhead.py            # ~8 min on 2 cores
     .venv/bin/python benchmarks/bench_fit_overhead.py --rows 1000 --epochs 2     # ~4 min
+    .venv/bin/python benchmarks/bench_fit_overhead.py --fixed-cost   # ~6 min: tiny fits, Ray Train's poll
+
+--fixed-cost times fits of 200 rows and one epoch (nearly all of such a fit is fixed cost), DeepSpeed ZeRO-1
+with 2 workers, alternating Ray Train's default controller poll (every 2 s) and the 0.5 s that `init_ray`
+sets, three of each, and splits each into: before the workers enter the training loop (counting the rows,
+the controller, worker and data-split actors starting), inside the loop (DeepSpeed's set-up, the epoch,
+validation, the checkpoint) and after the loop (until fit() returns).
 
 One Ray instance for all four fits, in a fixed order after one warm-up fit, so that every fit finds
 Ray's worker processes in the same state. Per fit: the seconds of the whole call, the part before Ray
@@ -31,6 +38,7 @@ from bench_training import CLASSES, DEFAULT_DATA, read_rows  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
 from smallsec_ray.spec import StudentSpec, TrainingSpec  # noqa: E402
+from smallsec_ray.training import trainer  # noqa: E402
 from smallsec_ray.training.trainer import train_student  # noqa: E402
 from smallsec_ray.workloads.common import dataset  # noqa: E402
 
@@ -66,13 +74,63 @@ def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int) -> dict:
             "outside_training_s": round(seconds - epochs_s, 1)}
 
 
+def timed_loop(config: dict) -> None:
+    """The training loop, with the times it was entered and left appended to config["marks"]."""
+    marks = config["marks"]
+    with open(marks, "a") as f:
+        f.write(json.dumps({"enter": time.time()}) + "\n")
+    trainer.train_loop_per_worker(config)
+    with open(marks, "a") as f:
+        f.write(json.dumps({"exit": time.time()}) + "\n")
+
+
+def tiny_fit(poll_s: str, data: Path) -> dict:
+    """One fit of 200 rows, one epoch, split into before / inside / after the workers' training loop."""
+    os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = poll_s  # Ray Train passes it on to its controller
+    frame = read_rows(data, 256)
+    train, val = ray.data.from_pandas(frame.iloc[:200]), ray.data.from_pandas(frame.iloc[200:])
+    training = TrainingSpec(epochs=1, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
+                            scaling={"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 1.0})
+    with tempfile.TemporaryDirectory() as out:
+        marks = Path(out) / "marks.jsonl"
+        loop = trainer.train_loop_per_worker
+        trainer.train_loop_per_worker = lambda config: timed_loop({**config, "marks": str(marks)})
+        try:
+            started = time.time()
+            train_student(training, StudentSpec(preset="small", max_length=128), CLASSES, train, val, out)
+            ended = time.time()
+        finally:
+            trainer.train_loop_per_worker = loop
+        times = [json.loads(line) for line in marks.read_text().splitlines()]
+    enter = min(t["enter"] for t in times if "enter" in t)
+    leave = max(t["exit"] for t in times if "exit" in t)
+    return {"poll_s": float(poll_s), "fit_s": round(ended - started, 1), "before_loop_s": round(enter - started, 1),
+            "loop_s": round(leave - enter, 1), "after_loop_s": round(ended - leave, 1)}
+
+
+def fixed_cost(data: Path) -> None:
+    tiny_fit("0.5", data)  # warm-up: DeepSpeed's op, imports
+    table = [tiny_fit(poll, data) for _ in range(3) for poll in ("2.0", "0.5")]
+    print(f"\nchar_cnn/small, 200 training rows, 1 epoch, DeepSpeed ZeRO-1 2 workers, {os.cpu_count()} cores, "
+          f"load average {os.getloadavg()[0]:.1f} at the end\n")
+    print("| controller poll s | fit s | before the loop s | in the loop s | after the loop s |")
+    print("|---:|---:|---:|---:|---:|")
+    for r in table:
+        print(f"| {r['poll_s']} | {r['fit_s']} | {r['before_loop_s']} | {r['loop_s']} | {r['after_loop_s']} |")
+    print(json.dumps(table))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=3000, help="training rows (a tenth more for validation)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--fixed-cost", action="store_true", help="time tiny fits instead (see the docstring)")
     args = parser.parse_args()
     init_ray(num_cpus=4)
+    if args.fixed_cost:
+        fixed_cost(args.data)
+        return
     with tempfile.TemporaryDirectory() as folder:
         paths = write_shards(Path(folder), args.rows, args.data)
         one_fit(paths, v2=False, materialize=True, epochs=1)  # warm-up: worker processes, imports

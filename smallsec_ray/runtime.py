@@ -18,6 +18,9 @@ RUNTIME_ENV_VARS = {
     # local file (0.1 s with V1, measured in benchmarks/RESULTS.md): a student fit reads its rows several
     # times. "1" turns V2 back on.
     "RAY_DATA_USE_DATASOURCE_V2": "0",
+    # Ray Train's controller polls its workers every 2 s by default, and a fit ends only at the next poll
+    # after the workers finish: ~2 s of every fit (measured in benchmarks/RESULTS.md).
+    "RAY_TRAIN_HEALTH_CHECK_INTERVAL_S": "0.5",
     "HF_HUB_OFFLINE": "1",
     "TRANSFORMERS_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
