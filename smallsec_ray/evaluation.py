@@ -132,11 +132,22 @@ class ClassMetrics:
     per_class: dict[str, ClassScores]
 
 
-def class_metrics(probs: np.ndarray, labels: list[str], classes: list[str]) -> ClassMetrics:
-    """Accuracy, macro-F1 and one-vs-rest AUC of class probabilities [N, C] against class-name labels."""
+def class_metrics(probs: np.ndarray, labels: list[str], classes: list[str],
+                  at: tuple[int, float] | None = None) -> ClassMetrics:
+    """Accuracy, macro-F1 and one-vs-rest AUC of class probabilities [N, C] against class-name labels.
+
+    The predicted class is the most likely one; with `at` = (class index, threshold) a row whose score of
+    that class reaches the threshold is predicted as it (the decision a shipped model makes), any other row
+    as the most likely of the other classes. AUC does not depend on it.
+    """
     probs = _probs_matrix("class metrics", probs, len(labels), classes)
     y = np.array([_label_index("class metrics", i, label, classes) for i, label in enumerate(labels)])
     predicted = probs.argmax(axis=1)
+    if at is not None:
+        positive, threshold = at
+        others = probs.copy()
+        others[:, positive] = -np.inf
+        predicted = np.where(probs[:, positive] >= threshold, positive, others.argmax(axis=1))
     present = sorted(set(y.tolist()) | set(predicted.tolist()))
     precision, recall, f1, support = precision_recall_fscore_support(y, predicted, labels=range(len(classes)),
                                                                      zero_division=0)

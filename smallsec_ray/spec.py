@@ -389,6 +389,11 @@ class SyntheticSpec(Section):
                                           "and layout alone cannot decide; null: no counterparts.")
     tolerance: float = Field(0.005, ge=0, le=1, description="The gate: the new model is refused when accuracy, ROC "
                              "AUC or macro-F1 on the regression set (the real test rows) drops by more than this.")
+    gate_at: Literal["argmax", "threshold"] = Field(
+        "argmax", description="Where the gate's accuracy and macro-F1 are taken: argmax, the most likely class "
+        "(a score of 0.5 with two classes); threshold, each model at its own threshold of the positive class, "
+        "picked on the real validation rows at the largest evaluation.fprs (the decision the exported model "
+        "ships with). The report gives both; this one decides.")
     training: TrainingSpec | None = Field(None, description="How the new model continues training (often fewer "
                                           "epochs and a lower learning rate); null: as `training`, which also "
                                           "trains the production model when student.init_from is null.")

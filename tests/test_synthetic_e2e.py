@@ -92,6 +92,10 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     assert shipped["exported"] is not None and (out / shipped["shipped_model"] / "model.onnx").is_file()
     report = (out / "report.md").read_text()
     assert "Gate passed" in report and "| bags |" in report and "Generation" in report
+    # Both decisions are measured; the new model's threshold is the one its export ships with.
+    assert set(evaluation["gates"]) == {"argmax", "threshold"} and evaluation["gate"] == evaluation["gates"]["argmax"]
+    assert evaluation["thresholds"]["new"] == pytest.approx(shipped["exported"]["threshold"])
+    assert "It decides at argmax" in report and "| accuracy | threshold |" in report
 
     # A training run that wrecks the model, on another training split: the gate refuses it, production stays
     # shipped. Generation does not depend on the split: only the stages after it run again. This run also
@@ -100,6 +104,7 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     spec["synthetic"].update({"replay_targets": "production", "row_weight": 0.5})
     spec["synthetic"]["training"] = {**spec["training"], "learning_rate": 5.0}
     spec["synthetic"]["tolerance"] = 0.0
+    spec["synthetic"]["gate_at"] = "threshold"
     spec_path.write_text(yaml.safe_dump(spec))
     assert main(["run", str(spec_path)]) == 0
     printed = capsys.readouterr().out
@@ -109,6 +114,7 @@ def test_synthetic_generates_trains_and_gates_both_ways(tmp_path, ray_local, sha
     assert all(h.startswith("trained on") == (family == "tea") for family, h in holdouts), holdouts
     gate = result("evaluate")["gate"]
     assert not gate["passed"] and gate["reasons"], gate
+    assert gate == result("evaluate")["gates"]["threshold"]
     shipped = result("export")
     assert shipped["exported"] is None and shipped["shipped_model"] == result("production")["model_dir"]
     assert "Gate FAILED" in (out / "report.md").read_text()
@@ -143,3 +149,19 @@ def test_the_gate_refuses_a_model_it_cannot_measure():
     one_class = class_metrics(np.array([[0.9, 0.1], [0.8, 0.2]]), ["phishing", "phishing"], classes)
     refused = gate(one_class, one_class, 1.0)
     assert not refused.passed and "roc_auc_macro cannot be measured" in refused.reasons[0], refused
+
+
+def test_class_metrics_at_a_threshold_take_the_decision_a_shipped_model_makes():
+    from smallsec_ray.evaluation import class_metrics
+
+    probs = np.array([[0.7, 0.3], [0.9, 0.1], [0.4, 0.6]])
+    labels = ["phishing", "benign", "phishing"]
+    at_argmax = class_metrics(probs, labels, ["benign", "phishing"])
+    at_threshold = class_metrics(probs, labels, ["benign", "phishing"], at=(1, 0.25))
+    assert at_argmax.accuracy == pytest.approx(2 / 3) and at_threshold.accuracy == 1.0
+    assert at_threshold.roc_auc_macro == at_argmax.roc_auc_macro
+    # Three classes: below the threshold, the most likely of the other classes.
+    three = np.array([[0.5, 0.2, 0.3], [0.2, 0.5, 0.3], [0.6, 0.3, 0.1]])
+    labels = ["c", "c", "a"]
+    assert class_metrics(three, labels, ["a", "b", "c"]).accuracy == pytest.approx(1 / 3)  # a, b, a
+    assert class_metrics(three, labels, ["a", "b", "c"], at=(2, 0.3)).accuracy == 1.0  # c, c, then a (not b)

@@ -72,6 +72,7 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, version: str) -> d
                       "per_family": args.per_family, "temperature": 0.8, "max_tokens": 48, "retries": 4, "seed": 0,
                       "replay_rows": args.replay_rows, "replay_targets": args.replay_targets,
                       "row_weight": args.row_weight, "counterpart_class": args.counterpart_class, "tolerance": 0.005,
+                      "gate_at": args.gate_at,
                       "training": {**fit, "epochs": args.continue_epochs, "learning_rate": args.continue_lr,
                                    "early_stopping_patience": 2}},
         "student": {"model": "html_hier", "preset": "default"},
@@ -114,6 +115,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--alpha", type=float, default=0.5, help="replay-targets production: weight of the labels")
     p.add_argument("--counterpart-class", default="benign", help="V1, V2: each synthetic page also trains, without its "
                    "credential forms, as this class (benign)")
+    p.add_argument("--gate-at", choices=["argmax", "threshold"], default="argmax",
+                   help="the gate decides on accuracy and macro-F1 at argmax (the published layout), or at each "
+                   "model's threshold picked on the validation rows at FPR 0.05 (the one it ships with); Table 2 "
+                   "gives both")
     p.add_argument("--out", type=Path, default=Path("runs/quality/html"))
     return p
 
@@ -162,6 +167,12 @@ def main() -> int:
                        **{v: e["gate"]["after"] for v, e in evaluations.items()},
                        "gate": {v: {"passed": e["gate"]["passed"], "reasons": e["gate"]["reasons"]}
                                 for v, e in evaluations.items()}},
+        "gate_at": args.gate_at,
+        "regression_by_decision": {at: {"production": evaluations["V1"]["gates"][at]["before"],
+                                        **{v: e["gates"][at]["after"] for v, e in evaluations.items()},
+                                        "passed": {v: e["gates"][at]["passed"] for v, e in evaluations.items()}}
+                                   for at in ("argmax", "threshold")},
+        "thresholds": {v: e["thresholds"] for v, e in evaluations.items()},
     }
     results["tables"] = tables(results)
     results["goals"] = goals(results)
@@ -213,6 +224,7 @@ def goals(results: dict) -> dict:
         "strict_at_least_0.3": {v: strict[v][v] >= 0.3 for v in strict},
         "no_regression_metric_down_more_than_0.005": {v: all(d >= -0.005 for d in drops[v].values())
                                                        for v in drops},
+        "gate_passed_at": {at: by["passed"] for at, by in results["regression_by_decision"].items()},
         "regression_changes": drops,
     }
 
@@ -266,16 +278,24 @@ def markdown(results: dict, name: str) -> str:
             lines.append(f"| mean of {v}'s {m['families']} held-out families | | {m['production']:.4f} | "
                          + " | ".join(f"**{m[v]:.4f}**" if w == v else "" for w in versions) + " |")
         lines.append("")
-    reg = results["regression"]
+    reg, by = results["regression"], results["regression_by_decision"]
     lines += [f"### Table 2: regression set ({reg['rows']} real test pages), before and after", "",
+              "Accuracy and macro-F1 at argmax (the published layout) and at each model's own threshold, picked on "
+              "the validation rows at FPR 0.05 (production " + f"{results['thresholds']['V1']['production']:.4f}, "
+              + ", ".join(f"{v} {results['thresholds'][v]['new']:.4f}" for v in versions)
+              + f"); the gate decides at {results['gate_at']}.", "",
               "| metric | production | " + " | ".join(versions) + " |", "|---|---:|" + "---:|" * len(versions)]
-    for m in GATE:
-        lines.append(f"| {m} | {reg['production'][m]:.4f} | "
-                     + " | ".join(f"{reg[v][m]:.4f} ({reg[v][m] - reg['production'][m]:+.4f})" for v in versions)
-                     + " |")
-    lines.append("| gate (tolerance 0.005) | | " + " | ".join(
-        "passed" if reg["gate"][v]["passed"] else "refused: " + "; ".join(reg["gate"][v]["reasons"])
-        for v in versions) + " |")
+    for at, metrics in (("argmax", GATE), ("threshold", ("accuracy", "macro_f1"))):
+        for m in metrics:
+            name = m if m == "roc_auc_macro" else f"{m} at {at}"
+            lines.append(f"| {name} | {by[at]['production'][m]:.4f} | " + " | ".join(
+                f"{by[at][v][m]:.4f} ({by[at][v][m] - by[at]['production'][m]:+.4f})" for v in versions) + " |")
+    for at in ("argmax", "threshold"):
+        deciding = at == results["gate_at"]
+        lines.append(f"| gate at {at} (tolerance 0.005){', decides' if deciding else ''} | | " + " | ".join(
+            ("passed" if by[at]["passed"][v] else "refused")
+            + (": " + "; ".join(reg["gate"][v]["reasons"]) if deciding and not by[at]["passed"][v] else "")
+            for v in versions) + " |")
     g = results["generation"]
     lines += ["", f"Generation: {g['candidates']} candidates, {g['accepted']} accepted, {g['pages_per_s']} pages/s "
               f"({g['seconds']} s of generation); pages with every slot filled {g['pages_all_slots_filled']} of "

@@ -18,7 +18,7 @@ picks its epoch on the real validation split plus those synthetic validation pag
 from __future__ import annotations
 
 import hashlib
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -28,10 +28,10 @@ from matplotlib.figure import Figure
 
 from smallsec_ray import storage
 from smallsec_ray.data import schema
-from smallsec_ray.evaluation import ClassMetrics, class_metrics, evaluate_model
+from smallsec_ray.evaluation import ClassMetrics, class_metrics, evaluate_model, pick_threshold
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.report import save_plot, write_report
-from smallsec_ray.spec import DistillationSpec, JobSpec
+from smallsec_ray.spec import DistillationSpec, JobSpec, SyntheticSpec
 from smallsec_ray.stages import Stage, StageContext
 from smallsec_ray.students.folder import Lineage
 from smallsec_ray.synthetic.checks import check_html, without_credential_forms
@@ -49,6 +49,7 @@ from smallsec_ray.synthetic.templates import layouts
 from smallsec_ray.training.trainer import TrainedModel, train_student
 from smallsec_ray.workloads.common import (
     ExportedModel,
+    binary,
     ctx_paths,
     dataset,
     read_rows,
@@ -60,6 +61,7 @@ from smallsec_ray.workloads.common import (
 
 VALIDATION_SHARE = 0.2  # of each training family's accepted pages, by id hash
 GATE_METRICS = ("accuracy", "roc_auc_macro", "macro_f1")
+GATE_AT = ("argmax", "threshold")  # where accuracy and macro-F1 are taken (synthetic.gate_at)
 
 
 # ---------------------------------------------------------------- plans
@@ -246,9 +248,11 @@ class Gate:
 
 @dataclass
 class Evaluation:
-    gate: Gate
+    gate: Gate  # the one that decides: synthetic.gate_at
     families: list[dict]  # per family and part: pages, mean score of production and of the new model
     regression_rows: int
+    gates: dict[str, Gate] = field(default_factory=dict)  # argmax and threshold (GATE_AT)
+    thresholds: dict[str, float] = field(default_factory=dict)  # production, new: picked on the validation rows
 
 
 def gate(before: ClassMetrics, after: ClassMetrics, tolerance: float) -> Gate:
@@ -271,9 +275,15 @@ def run_evaluate(ctx: StageContext, data: PreparedData, filtered: Filtered, prod
     models = {"production": production_folder(ctx, production), "new": ctx.path(student.model_dir)}
     test = read_rows(ctx_paths(ctx, data.shards("labelled", "test")), "test")
     texts, labels = strings(test, schema.TEXT), strings(test, schema.LABEL)
-    regression = {name: class_metrics(score_student(folder, texts), labels, spec.classes)
-                  for name, folder in models.items()}
     positive = spec.classes.index(spec.positive_class)
+    thresholds = validation_thresholds(ctx, data, models)
+    probs = {name: score_student(folder, texts) for name, folder in models.items()}
+    gates = {}
+    for at in GATE_AT:
+        regression = {name: class_metrics(p, labels, spec.classes,
+                                          at=(positive, thresholds[name]) if at == "threshold" else None)
+                      for name, p in probs.items()}
+        gates[at] = gate(regression["production"], regression["new"], spec.synthetic.tolerance)
     trained_on = set(train_families(spec))
     families = []
     for plan in family_plans(spec):
@@ -285,8 +295,19 @@ def run_evaluate(ctx: StageContext, data: PreparedData, filtered: Filtered, prod
         families.append({"family": plan.family.name, "holdout": holdout_kind(plan.family.name in trained_on, plan),
                          "pages": rows.num_rows, "templates": sorted(set(strings(rows, TEMPLATE))),
                          **{name: float(s.mean()) for name, s in scores.items()}})
-    return Evaluation(gate(regression["production"], regression["new"], spec.synthetic.tolerance), families,
-                      test.num_rows)
+    return Evaluation(gates[spec.synthetic.gate_at], families, test.num_rows, gates, thresholds)
+
+
+def validation_thresholds(ctx: StageContext, data: PreparedData, models: dict[str, Path]) -> dict[str, float]:
+    """Each model's threshold of the positive class, picked on the real validation rows at the largest
+    evaluation FPR, as the export picks the one it ships: both models judged at the decision they would ship."""
+    spec = ctx.spec
+    val = read_rows(ctx_paths(ctx, data.shards("labelled")), "validation")
+    is_positive = binary(strings(val, schema.LABEL), spec.positive_class)
+    positive = spec.classes.index(spec.positive_class)
+    return {name: pick_threshold(score_student(folder, strings(val, schema.TEXT))[:, positive], is_positive,
+                                 max(spec.evaluation.fprs))
+            for name, folder in models.items()}
 
 
 HELD_OUT = "held out, training layouts"  # the published holdout: new families, layouts seen in training
@@ -347,11 +368,13 @@ def run_report(ctx: StageContext, data: PreparedData, generation: Generation, fi
                         f"{np.mean([f['new'] for f in held]):.3f} (new).")
     plot = _plot_families(ctx, evaluation.families)
     sections = [f"**{summary}**", _families_section(evaluation.families, plot),
-                _gate_section(g, spec.synthetic.tolerance), _generation_section(filtered, generation)]
+                _gate_section(evaluation, spec.synthetic), _generation_section(filtered, generation)]
     stages = [{"stage": "prepare", **stage_rows(data.rows)},
               {"stage": "filter", "rows_in": filtered.candidates, "rows_out": filtered.accepted,
                "rows_quarantined": filtered.candidates - filtered.accepted}]
-    extra = {"gate": g, "families": evaluation.families, "generation": generation_figures(filtered.families),
+    extra = {"gate": g, "gate_at": spec.synthetic.gate_at, "gates": evaluation.gates,
+             "thresholds": evaluation.thresholds, "families": evaluation.families,
+             "generation": generation_figures(filtered.families),
              "generation_parameters": generation.figures, "shipped_model": shipped.shipped_model,
              "export": shipped.exported,
              "production": production,
@@ -370,10 +393,17 @@ def _families_section(families: list[dict], plot: str) -> str:
     return "\n".join([*lines, "", f"![families]({plot})"])
 
 
-def _gate_section(g: Gate, tolerance: float) -> str:
-    lines = [f"### Regression set (real test rows): the gate, tolerance {tolerance:g}", "",
-             "| metric | production | new | change |", "|---|---:|---:|---:|"]
-    lines += [f"| {m} | {g.before[m]:.4f} | {g.after[m]:.4f} | {g.after[m] - g.before[m]:+.4f} |" for m in GATE_METRICS]
+def _gate_section(evaluation: Evaluation, syn: SyntheticSpec) -> str:
+    """The regression metrics at argmax and at each model's validation threshold; the one that decides first."""
+    lines = [f"### Regression set (real test rows): the gate, tolerance {syn.tolerance:g}", "",
+             f"It decides at {syn.gate_at} (synthetic.gate_at). Thresholds picked on the validation rows: "
+             + ", ".join(f"{name} {t:.4f}" for name, t in evaluation.thresholds.items()) + ".", "",
+             "| metric | taken at | production | new | change |", "|---|---|---:|---:|---:|"]
+    gates = evaluation.gates or {syn.gate_at: evaluation.gate}
+    for at in sorted(gates, key=lambda a: a != syn.gate_at):
+        g = gates[at]
+        lines += [f"| {m} | {at}{' (decides)' if at == syn.gate_at else ''} | {g.before[m]:.4f} | {g.after[m]:.4f} | "
+                  f"{g.after[m] - g.before[m]:+.4f} |" for m in GATE_METRICS]
     return "\n".join(lines)
 
 
@@ -428,7 +458,8 @@ STAGES = [
                  "distillation.alpha", "distillation.temperature"),
           inputs={"data": "prepare", "filtered": "filter", "production": "production"},
           about="continue the production student on the training families' pages plus replayed real rows"),
-    Stage("evaluate", run_evaluate, reads=("positive_class", "synthetic.tolerance"),
+    Stage("evaluate", run_evaluate, reads=("positive_class", "synthetic.tolerance", "synthetic.gate_at",
+                                           "evaluation.fprs"),
           inputs={"data": "prepare", "filtered": "filter", "production": "production", "student": "train_student"},
           about="held-out families and the regression set, production against new; the gate"),
     Stage("export", run_gated_export, reads=("positive_class", "evaluation.fprs", "export"),
