@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import shlex
 import shutil
 import sys
 import time
@@ -152,7 +153,7 @@ def main() -> int:
     generation = manifest(first, "filter")["result"]["families"]
     gen_seconds = sum(f["generation_seconds"] for f in generation)
     results = {
-        "command": "python benchmarks/quality/html_synthetic.py" + (" --quick" if args.quick else ""),
+        "command": shlex.join(["python", "benchmarks/quality/html_synthetic.py", *sys.argv[1:]]),
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.python_version()}, "
                                                      f"{_cpus()} cores",
         "minutes_this_call": round((time.time() - started) / 60, 1), "job_seconds_this_call": timings,
@@ -287,8 +288,8 @@ def markdown(results: dict, name: str) -> str:
               "| metric | production | " + " | ".join(versions) + " |", "|---|---:|" + "---:|" * len(versions)]
     for at, metrics in (("argmax", GATE), ("threshold", ("accuracy", "macro_f1"))):
         for m in metrics:
-            name = m if m == "roc_auc_macro" else f"{m} at {at}"
-            lines.append(f"| {name} | {by[at]['production'][m]:.4f} | " + " | ".join(
+            metric = m if m == "roc_auc_macro" else f"{m} at {at}"
+            lines.append(f"| {metric} | {by[at]['production'][m]:.4f} | " + " | ".join(
                 f"{by[at][v][m]:.4f} ({by[at][v][m] - by[at]['production'][m]:+.4f})" for v in versions) + " |")
     for at in ("argmax", "threshold"):
         deciding = at == results["gate_at"]
