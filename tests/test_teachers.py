@@ -125,6 +125,27 @@ def test_classifier_with_other_classes_is_refused(tiny_classifier):
         make_teacher("classifier", "hf", str(tiny_classifier), ["benign", "phishing"])
 
 
+def test_the_drivers_check_of_a_classifier_gives_its_identity_without_importing_transformers(tiny_classifier,
+                                                                                              tmp_path):
+    """teacher_identity runs in the driver before the replicas start: for a classifier it checks the tokenizer
+    with the tokenizers library (transformers' import alone is ~4 s there) and reports make_teacher's identity."""
+    script = ("import json, sys; from smallsec_ray.teachers.backends import teacher_identity; "
+              f"i = teacher_identity('classifier', 'hf', {str(tiny_classifier)!r}, {TINY_CLASSES!r}, max_length=48); "
+              "print(json.dumps([i, 'transformers' in sys.modules]))")
+    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True).stdout
+    identity, imported = json.loads(out.strip().splitlines()[-1])
+    assert not imported
+    assert identity == make_teacher("classifier", "hf", str(tiny_classifier), TINY_CLASSES, max_length=48).identity()
+
+    from smallsec_ray.teachers.backends import teacher_identity
+
+    broken = tmp_path / "broken"
+    shutil.copytree(tiny_classifier, broken)
+    (broken / "tokenizer.json").write_text('{"model": ')
+    with pytest.raises(SpecError, match=r"tokenizer\.json is not a tokenizer"):
+        teacher_identity("classifier", "hf", str(broken), TINY_CLASSES)
+
+
 def test_classifier_cannot_generate(tiny_classifier):
     teacher = make_teacher("classifier", "hf", str(tiny_classifier), TINY_CLASSES)
     with pytest.raises(StageError, match="kind: generative"):

@@ -132,7 +132,7 @@ def teacher_identity(kind: Kind, backend: Backend, model_dir: str, classes: list
     """The identity make_teacher's teacher will report, and every config check it makes, in a second and
     without loading weights (so that a driver fails fast, before starting replicas)."""
     return _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template,
-                 verbalizers, device).identity
+                 verbalizers, device, check_only=True).identity
 
 
 def engine_options(device: Device, engine: dict) -> dict:
@@ -158,7 +158,9 @@ class _Plan:
 
 
 def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers,
-          device) -> _Plan:
+          device, check_only: bool = False) -> _Plan:
+    """The checked config; with check_only a classifier's tokenizer is only checked, not loaded (its
+    identity does not depend on it), so that a driver does not import transformers for it."""
     if kind not in ("classifier", "generative") or backend not in ("vllm", "hf"):
         raise SpecError(f"teacher: kind must be classifier|generative and backend vllm|hf, got {kind}/{backend}")
     if dtype not in DTYPES:
@@ -167,7 +169,10 @@ def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt
         raise SpecError(f"teacher: device must be cpu or cuda, got {device!r}")
     apply_env_defaults(device)  # before vLLM is imported: it reads its settings at import time
     path = resolve_model(model_dir)
-    tokenizer = _load_tokenizer(path)
+    if check_only and kind == "classifier":
+        tokenizer = _check_tokenizer(path)
+    else:
+        tokenizer = _load_tokenizer(path)
     config = json.loads((path / "config.json").read_text())
     identity = {"model": str(path), "backend": backend, "kind": kind, "dtype": dtype,
                 "fingerprint": weights_fingerprint(path)}
@@ -298,6 +303,25 @@ def _load_tokenizer(path: Path):
         raise SpecError(f"teacher.model: {path} has no fast tokenizer (tokenizer.json); convert it with "
                         "transformers (AutoTokenizer.from_pretrained(...).save_pretrained(...))")
     return tokenizer
+
+
+def _check_tokenizer(path: Path) -> None:
+    """Checks a folder's fast tokenizer without loading it through transformers, whose import alone takes
+    ~4 s of a driver's time before the replicas start: its tokenizer.json must parse with the tokenizers
+    library that fast tokenizers wrap. A folder without one is loaded the full way (which converts a slow
+    tokenizer where transformers can, or refuses it)."""
+    from tokenizers import Tokenizer
+
+    file = path / "tokenizer.json"
+    if not file.is_file():
+        _load_tokenizer(path)
+        return None
+    try:
+        Tokenizer.from_file(str(file))
+    except Exception as err:  # the tokenizers library raises a plain Exception for a bad file
+        raise SpecError(f"teacher.model: {file} is not a tokenizer the tokenizers library can read ({err}); "
+                        "save the model's tokenizer again with transformers (save_pretrained)") from None
+    return None
 
 
 def bounded_length(max_length: int, config: dict, path: Path) -> int:
