@@ -170,7 +170,8 @@ def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt
     apply_env_defaults(device)  # before vLLM is imported: it reads its settings at import time
     path = resolve_model(model_dir)
     if check_only and kind == "classifier":
-        tokenizer = _check_tokenizer(path)
+        _check_tokenizer(path)
+        tokenizer = None
     else:
         tokenizer = _load_tokenizer(path)
     config = json.loads((path / "config.json").read_text())
@@ -315,13 +316,12 @@ def _check_tokenizer(path: Path) -> None:
     file = path / "tokenizer.json"
     if not file.is_file():
         _load_tokenizer(path)
-        return None
+        return
     try:
         Tokenizer.from_file(str(file))
     except Exception as err:  # the tokenizers library raises a plain Exception for a bad file
         raise SpecError(f"teacher.model: {file} is not a tokenizer the tokenizers library can read ({err}); "
                         "save the model's tokenizer again with transformers (save_pretrained)") from None
-    return None
 
 
 def bounded_length(max_length: int, config: dict, path: Path) -> int:
