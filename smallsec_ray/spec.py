@@ -315,6 +315,10 @@ class SemiSupervisedSpec(Section):
         "shares); as far as each class has rows. true means even, false none.")
     targets: Literal["soft", "hard"] = Field("soft", description="Students learn a pool row from the teacher's "
                                              "probabilities (soft) or from its most likely class (hard).")
+    repeats: int = Field(1, ge=1, le=10, description="Students trained per point of the curves, each with its own "
+                         "training seed (initial weights and batch order) on the same rows: the curves give each "
+                         "point's mean and spread, and the gap closed is measured between means. A student of a few "
+                         "thousand rows can move by several points of macro-F1 from one seed to the next.")
     seed: int = Field(0, description="Seed of the row samples.")
 
     @field_validator("balance", mode="before")

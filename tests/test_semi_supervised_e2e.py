@@ -112,3 +112,23 @@ def test_semi_supervised_runs_rounds_and_students_to_a_report(tmp_path, tiny_cla
     assert main(["run", str(spec_path)]) == 0
     printed = capsys.readouterr().out
     assert printed.count("skipped") == 4 and "train_students: running (changed: semi_supervised.ratios)" in printed
+
+    # Two students per point, one per training seed, on the same rows: the curves give means and ranges.
+    spec["semi_supervised"] |= {"repeats": 2, "added_rows": []}
+    spec_path.write_text(yaml.safe_dump(spec))
+    assert main(["run", str(spec_path)]) == 0
+    assert "train_students[r=0.5 seed 1]: epoch" in capsys.readouterr().out
+    students = result("train_students")
+    assert [(p["name"], p["seed"]) for p in students["points"]] == [("r=0", 0), ("r=0", 1), ("r=0.5", 0),
+                                                                     ("r=0.5", 1)]
+    first, second = students["points"][:2]
+    assert first["model"]["model_dir"] != second["model"]["model_dir"]
+    assert first["model"]["epochs"][0]["val_loss"] != second["model"]["epochs"][0]["val_loss"]
+    report = json.loads((out / "report.json").read_text())
+    assert [m["name"] for m in report["models"]][-4:] == ["student r=0", "student r=0 seed 1", "student r=0.5",
+                                                          "student r=0.5 seed 1"]
+    for c in report["extra"]["curves"]:
+        runs = [r["macro_f1"] for r in c["runs"]]
+        assert len(runs) == 2 and c["macro_f1"] == pytest.approx(sum(runs) / 2)
+        assert c["macro_f1_range"] == [min(runs), max(runs)]
+    assert "the mean of 2 students, one per training seed" in (out / "report.md").read_text()

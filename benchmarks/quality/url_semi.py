@@ -18,7 +18,10 @@ are in benchmarks/RESULTS.md.
 Run:
     .venv/bin/python benchmarks/quality/url_semi.py
     .venv/bin/python benchmarks/quality/url_semi.py --quick      # fewer rows and epochs
-Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick}.{json,md,png}.
+    # three students per point (seeds), the points the goals name, ~45 min:
+    .venv/bin/python benchmarks/quality/url_semi.py --repeats 3 --ratios 0,0.5,1 --added none --presets default \
+        --out runs/quality/url-repeats
+Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick,_repeats3}.{json,md,png}.
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def job_spec(args: argparse.Namespace, data: Path, out: Path, preset: str, growi
                                  "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}}},
         "labeling": {"replicas": 1, "cpus_per_replica": 1.0, "batch_size": 64},
         "semi_supervised": {"rounds": args.rounds, "min_gain": 0.002, "round_targets": "soft",
-                            "round_max_rows": args.round_rows, "ratios": [0.0, 0.25, 0.5, 0.75, 1.0],
-                            "added_rows": [0, 5_000 if not args.quick else 2_000, -1] if growing else [],
+                            "round_max_rows": args.round_rows, "ratios": args.ratios,
+                            "added_rows": args.added if growing else [], "repeats": args.repeats,
                             "confidence": 0.0, "balance": args.balance, "targets": "soft"},
         "student": {"model": "char_cnn", "preset": preset, "max_length": args.student_length},
         "training": {"epochs": args.epochs, "batch_size": args.batch, "learning_rate": args.lr,
@@ -146,12 +149,20 @@ def main() -> int:
     p.add_argument("--balance", default="labelled", choices=["none", "even", "labelled"],
                    help="semi_supervised.balance: the pool is 7%% malware, the labelled rows 25%%")
     p.add_argument("--presets", default="default,small")
+    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="the fixed-size curve's shares r")
+    p.add_argument("--added", default=None, help="the growing curve's added pool rows, -1 = all, 'none' = no "
+                   "such curve (default 0,5000,-1; --quick 0,2000,-1)")
+    p.add_argument("--repeats", type=int, default=1, help="students per point, one per training seed: each point "
+                   "gives the mean and range (semi_supervised.repeats)")
     p.add_argument("--out", type=Path, default=Path("runs/quality/url"))
     args = p.parse_args()
     if args.quick:
         args.labelled, args.validation, args.pool, args.test = 1500, 300, 6000, 2000
         args.teacher_epochs, args.epochs, args.round_rows = 2, 4, 1000
-    suffix = "_quick" if args.quick else ""
+    args.ratios = [float(r) for r in args.ratios.split(",")]
+    args.added = ([] if args.added == "none" else [int(n) for n in args.added.split(",")] if args.added
+                  else [0, 2_000 if args.quick else 5_000, -1])
+    suffix = ("_quick" if args.quick else "") + (f"_repeats{args.repeats}" if args.repeats > 1 else "")
     started = time.time()
     data = args.out / "data"
     sizes = write_experiment_shards(SHARED, data, args.labelled, args.validation, args.pool, args.test)
@@ -179,7 +190,7 @@ def main() -> int:
     best = f"teacher round {extra['best_round']}"
     teacher_dir = args.out / f"run-{presets[0]}" / extra["rounds"][extra["best_round"] - 1]["teachers"][0]
     results = {
-        "command": "python benchmarks/quality/url_semi.py" + (" --quick" if args.quick else ""),
+        "command": "python " + " ".join(["benchmarks/quality/url_semi.py", *sys.argv[1:]]),
         "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.python_version()}",
         "minutes_this_call": round((time.time() - started) / 60, 1), "job_seconds_this_call": timings,
         "stage_minutes": {preset: stage_minutes(args.out / f"run-{preset}") for preset in presets}, "data": sizes,
@@ -221,8 +232,13 @@ def plot(results: dict, path: Path) -> None:
             ax = axes[row][col]
             for k, (preset, r) in enumerate(results["presets"].items()):
                 pts = sorted((c for c in r["curves"] if c["curve"] == curve), key=lambda c: c["x"])
+                seeds = max((len(c.get("runs", [])) for c in pts), default=1)
                 ax.plot([c["x"] for c in pts], [c[metric] for c in pts], marker="o", color=f"C{k}",
-                        label=f"student {preset} ({r['parameters'] / 1e6:.2f}M)")
+                        label=f"student {preset} ({r['parameters'] / 1e6:.2f}M)"
+                        + (f", mean of {seeds} seeds" if seeds > 1 else ""))
+                if seeds > 1:
+                    ax.scatter([c["x"] for c in pts for _ in c["runs"]], [s[metric] for c in pts for s in c["runs"]],
+                               s=12, color=f"C{k}", alpha=0.45)
             for k, (name, m) in enumerate(teachers.items()):
                 ax.axhline(m[key], color=f"C{k + 3}", linestyle="--",
                            label=f"{name} ({results['teacher']['parameters'] / 1e6:.1f}M)")
@@ -258,7 +274,7 @@ def markdown(results: dict, name: str) -> str:
     for preset, r in results["presets"].items():
         for c in r["curves"]:
             lines.append(f"| student {preset} | {r['parameters']:,} | {c['point']} | {c['labelled_rows']:,} | "
-                         f"{c['pseudo_rows']:,} | {c['macro_f1']:.4f} | {c['auc']:.4f} |")
+                         f"{c['pseudo_rows']:,} | {_spread(c, 'macro_f1')} | {_spread(c, 'auc')} |")
     ref = results.get("linear_reference_labelled")
     if ref:
         lines.append(f"| linear, labelled rows | | | | | {ref['macro_f1']:.4f} | {ref['roc_auc_macro']:.4f} |")
@@ -274,6 +290,14 @@ def markdown(results: dict, name: str) -> str:
               f"Rounds: {results['teacher']['stopped']}; best round {results['teacher']['best_round']}.", "",
               f"![curves]({name}.png)"]
     return "\n".join(lines) + "\n"
+
+
+def _spread(c: dict, metric: str) -> str:
+    """The mean, and with several seeds the lowest and highest student."""
+    span = c.get(f"{metric}_range")
+    if len(c.get("runs", [])) < 2 or not span:
+        return f"{c[metric]:.4f}"
+    return f"{c[metric]:.4f} ({span[0]:.4f}-{span[1]:.4f})"
 
 
 def _pct(v: float | None) -> str:

@@ -204,7 +204,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         sums = torch.zeros(2, dtype=torch.float64, device=engine.device)  # loss x rows, rows (no per-step sync)
         started = time.perf_counter()
         mine: list[np.ndarray] = [trained] if rank == 0 else []  # this epoch's keys in this rank's checkpoints
-        batches = epoch_batches(train_rows, training, encode, progress.epoch, trained)
+        batches = epoch_batches(train_rows, training, encode, progress.epoch, trained, config.get("seed", 0))
         if len(trained):  # ranks hold different numbers of rows not yet trained on: keep them in step
             batches = in_lockstep(batches, filler, engine.device)
         for batch in batches:
@@ -248,15 +248,17 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
 
 def epoch_batches(rows: Any, training: FitSpec, encode: EncodeBatch, epoch: int,
-                  trained: np.ndarray) -> Iterator[dict[str, torch.Tensor]]:
-    """One epoch's training batches, in a seeded order; without the rows whose keys are in `trained` (done
-    before a restart), which are dropped before batching, so that batches stay full."""
+                  trained: np.ndarray, seed: int = 0) -> Iterator[dict[str, torch.Tensor]]:
+    """One epoch's training batches, in an order set by the fit's seed and the epoch; without the rows whose
+    keys are in `trained` (done before a restart), which are dropped before batching, so that batches stay
+    full."""
+    order = epoch + 100_003 * seed
     if training.group_by_length:
-        return length_grouped(rows, training.batch_size, encode, shuffle_seed=epoch, skip=trained)
+        return length_grouped(rows, training.batch_size, encode, shuffle_seed=order, skip=trained)
     if len(trained):
-        return unseen_batches(rows, training.batch_size, encode, epoch, trained)
+        return unseen_batches(rows, training.batch_size, encode, order, trained)
     return rows.iter_torch_batches(batch_size=training.batch_size, collate_fn=encode,
-                                   local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=epoch)
+                                   local_shuffle_buffer_size=SHUFFLE_BUFFER, local_shuffle_seed=order)
 
 
 def in_lockstep(batches: Iterator[dict[str, torch.Tensor]], filler: dict[str, torch.Tensor],
@@ -508,7 +510,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
                                                checkpoint_score_attribute=best_by[0],
                                                checkpoint_score_order=best_by[1]),
             worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),
-        datasets={"train": train_ds.randomize_block_order(seed=0), "validation": val_ds},
+        datasets={"train": train_ds.randomize_block_order(seed=seed), "validation": val_ds},
     )
     try:
         result = trainer.fit()

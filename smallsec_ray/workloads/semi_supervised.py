@@ -167,6 +167,16 @@ class StudentPoint:
     labelled_rows: int
     pseudo_rows: int
     model: TrainedModel
+    seed: int = 0  # its training seed: semi_supervised.repeats trains one student per seed 0, 1, ...
+
+    @property
+    def label(self) -> str:
+        return student_label(self.name, self.seed)
+
+
+def student_label(point: str, seed: int) -> str:
+    """A student's own name: its point's, with its seed after the first ("r=0.5 seed 2")."""
+    return point if seed == 0 else f"{point} seed {seed}"
 
 
 @dataclass
@@ -177,16 +187,16 @@ class Students:
     eligible_rows: int  # of which at or above semi_supervised.confidence
     eligible_by_class: dict[str, int]  # by the teacher's most likely class
     from_round: int
-    chosen: str  # the point exported: the best validation ROC AUC
+    chosen: str  # the student exported (its label): the best validation ROC AUC
 
-    def point(self, name: str) -> StudentPoint:
-        return next(p for p in self.points if p.name == name)
+    def point(self, label: str) -> StudentPoint:
+        return next(p for p in self.points if p.label == label)
 
 
 def run_train_students(ctx: StageContext, data: PreparedData, rounds: Rounds) -> Students:
-    """One student per point of the two curves, each on its own rows (nested samples: a larger share holds
-    the smaller one's rows), picked by a seeded hash of the row id so that a rerun trains on the same
-    rows. Points with the same rows train once."""
+    """semi_supervised.repeats students per point of the two curves (one per training seed), each point on its
+    own rows (nested samples: a larger share holds the smaller one's rows), picked by a seeded hash of the row
+    id so that a rerun trains on the same rows. Points with the same rows train once."""
     spec, semi = ctx.spec, ctx.spec.semi_supervised
     labelled = ctx_paths(ctx, data.shards("labelled"))
     pool = ctx_paths(ctx, rounds.chosen.labels.shards(POOL))
@@ -200,24 +210,26 @@ def run_train_students(ctx: StageContext, data: PreparedData, rounds: Rounds) ->
     plan = [(f"r={r:g}", "fixed", r, size - round(r * size), round(r * size)) for r in semi.ratios]
     plan += [(f"+{n}" if n >= 0 else "+all", "growing", float(n if n >= 0 else len(eligible)), len(labelled_ids),
               n if n >= 0 else len(eligible)) for n in semi.added_rows]
-    trained: dict[tuple[int, int], TrainedModel] = {}
+    trained: dict[tuple[int, int, int], TrainedModel] = {}
     points = []
     for name, curve, x, n_labelled, n_pseudo in plan:
         n_pseudo = min(n_pseudo, len(eligible))
-        key = (n_labelled, n_pseudo)
-        if key not in trained:
-            trained[key] = _train_point(ctx, name, labelled, pool, labelled_ids[:n_labelled], eligible[:n_pseudo])
-        points.append(StudentPoint(name, curve, x, n_labelled, n_pseudo, trained[key]))
+        for seed in range(semi.repeats):
+            key = (n_labelled, n_pseudo, seed)
+            if key not in trained:
+                trained[key] = _train_point(ctx, student_label(name, seed), labelled, pool,
+                                            labelled_ids[:n_labelled], eligible[:n_pseudo], seed)
+            points.append(StudentPoint(name, curve, x, n_labelled, n_pseudo, trained[key], seed))
     chosen = max(points, key=lambda p: _best_val_auc(p.model))
     predicted = (np.asarray(pool_table.column(schema.PROBS).to_pylist()).argmax(1) if pool_n else np.zeros(0))
     keep = set(eligible)
     by_class = {c: int(sum(1 for i, p in zip(strings(pool_table, schema.ID), predicted, strict=True)
                            if p == k and i in keep)) for k, c in enumerate(spec.classes)} if pool_n else {}
-    return Students(points, len(labelled_ids), pool_n, len(eligible), by_class, rounds.best, chosen.name)
+    return Students(points, len(labelled_ids), pool_n, len(eligible), by_class, rounds.best, chosen.label)
 
 
 def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[str], labelled_ids: list[str],
-                 pool_ids: list[str]) -> TrainedModel:
+                 pool_ids: list[str], seed: int) -> TrainedModel:
     spec = ctx.spec
     folder = ctx.stage_dir / _slug(name)
     done = folder / DONE
@@ -237,7 +249,7 @@ def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[s
                             "pseudo_labelled_rows": len(pool_ids)})
     model = train_student(spec.training, spec.student, spec.classes, train, dataset(labelled, "validation"),
                           folder, distillation=spec.distillation, lineage=lineage,
-                          name=f"train_students[{name}]", store_dir=ctx.store_of(folder))
+                          name=f"train_students[{name}]", seed=seed, store_dir=ctx.store_of(folder))
     model = replace(model, model_dir=ctx.relative(model.model_dir))
     done.write_text(json.dumps(asdict(model), default=str))
     ctx.sync()
@@ -374,9 +386,9 @@ def run_evaluate(ctx: StageContext, data: PreparedData, rounds: Rounds, students
     for p in students.points:
         if p.model.model_dir in seen:
             continue
-        seen[p.model.model_dir] = p.name
+        seen[p.model.model_dir] = p.label
         folder = ctx.path(p.model.model_dir)
-        probs[f"student {p.name}"] = (score_student(folder, texts), score_student(folder, val_texts))
+        probs[f"student {p.label}"] = (score_student(folder, texts), score_student(folder, val_texts))
     groups = {column: strings(test, column) for column in spec.evaluation.group_by if column in test.column_names}
     labels, val_labels = strings(test, schema.LABEL), strings(val, schema.LABEL)
     reports = {name: evaluate_model(name, p, labels, spec.classes, spec.positive_class, vp, val_labels,
@@ -414,12 +426,27 @@ def _in_order(table: pa.Table, like: pa.Table) -> pa.Table:
 
 
 def _curves(students: Students, reports: dict[str, ModelReport], seen: dict[str, str]) -> list[dict]:
-    out = []
+    """One entry per point: the mean of its students' test figures (one student per seed), their range, and
+    each student's own figures under `runs`."""
+    by_point: dict[str, list[StudentPoint]] = {}
     for p in students.points:
-        m = reports[f"student {seen[p.model.model_dir]}"].by_class
-        out.append({"point": p.name, "curve": p.curve, "x": p.x, "labelled_rows": p.labelled_rows,
-                    "pseudo_rows": p.pseudo_rows, "macro_f1": m.macro_f1, "auc": m.roc_auc_macro,
-                    "accuracy": m.accuracy, "best_epoch": p.model.best_epoch})
+        by_point.setdefault(p.name, []).append(p)
+    out = []
+    for name, group in by_point.items():
+        runs = []
+        for p in group:
+            m = reports[f"student {seen[p.model.model_dir]}"].by_class
+            runs.append({"seed": p.seed, "macro_f1": m.macro_f1, "auc": m.roc_auc_macro, "accuracy": m.accuracy,
+                         "best_epoch": p.model.best_epoch})
+        first = group[0]
+        entry = {"point": name, "curve": first.curve, "x": first.x, "labelled_rows": first.labelled_rows,
+                 "pseudo_rows": first.pseudo_rows, "best_epoch": first.model.best_epoch, "runs": runs}
+        for metric in ("macro_f1", "auc", "accuracy"):
+            values = [r[metric] for r in runs]
+            known = None not in values
+            entry[metric] = float(np.mean(values)) if known else None
+            entry[f"{metric}_range"] = [min(values), max(values)] if known else None
+        out.append(entry)
     return out
 
 
@@ -468,7 +495,12 @@ def _plot_curves(ctx: StageContext, curves: list[dict], reports: dict[str, Model
         for row_i, (metric, title) in enumerate((("macro_f1", "macro-F1"), ("auc", "ROC AUC (one-vs-rest, macro)"))):
             ax = axes[row_i][col_i]
             xs = [c["x"] for c in points]
-            ax.plot(xs, [c[metric] for c in points], marker="o", color="C0", label=f"student ({preset})")
+            repeats = max(len(c["runs"]) for c in points)
+            ax.plot(xs, [c[metric] for c in points], marker="o", color="C0",
+                    label=f"student ({preset})" + (f", mean of {repeats} seeds" if repeats > 1 else ""))
+            if repeats > 1:  # every student as a dot: the spread the mean hides
+                ax.scatter([c["x"] for c in points for _ in c["runs"]],
+                           [r[metric] for c in points for r in c["runs"]], s=12, color="C0", alpha=0.45)
             for k, r in enumerate(rounds.rounds):
                 m = reports[f"teacher round {r.round}"].by_class
                 value = m.macro_f1 if metric == "macro_f1" else m.roc_auc_macro
@@ -499,8 +531,10 @@ def _summary(curves: list[dict], teacher, gap: dict, rounds: Rounds) -> str:
     def pct(v):
         return "n/a" if v is None else f"{v:.0%}"
 
+    repeats = len(low["runs"])
+    students = f"Students (means of {repeats} seeds)" if repeats > 1 else "Student"
     return (f"Teacher (round {rounds.best}): macro-F1 {teacher.macro_f1:.4f}, AUC {_f(teacher.roc_auc_macro)}. "
-            f"Student {low['point']}: macro-F1 {low['macro_f1']:.4f}, AUC {_f(low['auc'])}; student {high['point']}: "
+            f"{students} {low['point']}: macro-F1 {low['macro_f1']:.4f}, AUC {_f(low['auc'])}; {high['point']}: "
             f"macro-F1 {high['macro_f1']:.4f}, AUC {_f(high['auc'])}; share of the gap to the teacher closed: "
             f"{pct(gap['macro_f1'])} (macro-F1), {pct(gap['auc'])} (AUC).")
 
@@ -509,14 +543,26 @@ def _f(value: float | None) -> str:
     return "n/a" if value is None else f"{value:.4f}"
 
 
+def _spread(curve: dict, metric: str) -> str:
+    """A point's mean, and with several students their range: "0.8406 (0.8213-0.8590)"."""
+    span = curve.get(f"{metric}_range")
+    if len(curve["runs"]) < 2 or span is None:
+        return _f(curve[metric])
+    return f"{_f(curve[metric])} ({span[0]:.4f}-{span[1]:.4f})"
+
+
 def _curve_section(curves: list[dict], reports: dict[str, ModelReport], rounds: Rounds, gap: dict,
                    plot: str) -> str:
-    lines = ["## Students against pseudo-labelled data", "",
-             "| point | curve | labelled rows | pseudo-labelled rows | macro-F1 | ROC AUC | accuracy |",
-             "|---|---|---:|---:|---:|---:|---:|"]
+    repeats = max(len(c["runs"]) for c in curves)
+    lines = ["## Students against pseudo-labelled data", ""]
+    if repeats > 1:
+        lines += [f"Each point: the mean of {repeats} students, one per training seed (the same rows), and in "
+                  "brackets the lowest and highest of them.", ""]
+    lines += ["| point | curve | labelled rows | pseudo-labelled rows | macro-F1 | ROC AUC | accuracy |",
+              "|---|---|---:|---:|---:|---:|---:|"]
     for c in curves:
         lines.append(f"| {c['point']} | {c['curve']} | {c['labelled_rows']:,} | {c['pseudo_rows']:,} | "
-                     f"{c['macro_f1']:.4f} | {_f(c['auc'])} | {c['accuracy']:.4f} |")
+                     f"{_spread(c, 'macro_f1')} | {_spread(c, 'auc')} | {_spread(c, 'accuracy')} |")
     for r in rounds.rounds:
         m = reports[f"teacher round {r.round}"].by_class
         lines.append(f"| teacher round {r.round} | teacher | | | {m.macro_f1:.4f} | {_f(m.roc_auc_macro)} | "
@@ -545,7 +591,8 @@ ROUND_KEYS = (*TEACHER_KEYS, *SCORING_KEYS, "semi_supervised.rounds", "semi_supe
               "semi_supervised.round_metric", "semi_supervised.round_targets", "semi_supervised.round_confidence",
               "semi_supervised.round_max_rows", "semi_supervised.seed")
 MIX_KEYS = ("semi_supervised.ratios", "semi_supervised.train_rows", "semi_supervised.added_rows",
-            "semi_supervised.confidence", "semi_supervised.balance", "semi_supervised.targets", "semi_supervised.seed")
+            "semi_supervised.repeats", "semi_supervised.confidence", "semi_supervised.balance",
+            "semi_supervised.targets", "semi_supervised.seed")
 
 STAGES = [
     Stage("prepare", run_prepare, reads=("classes", "data", "!data.noise"),
