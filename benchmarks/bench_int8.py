@@ -112,7 +112,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", default="url,html")
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--url-run", default="runs/quality/url", help="the semi-supervised experiment's --out")
     args = parser.parse_args()
+    MODELS["url"] = (f"{args.url_run}/run-default/export/model", f"{args.url_run}/data", "phishing")
     results = []
     for name in args.models.split(","):
         if not Path(MODELS[name][0]).is_dir():

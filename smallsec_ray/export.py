@@ -182,16 +182,27 @@ class _Calibration:
         return next(self.batches, None)
 
 
+# ONNX Runtime static quantization recipes (QOperator, int8 weights per channel, uint8 activations), tried in
+# order: the first whose graph passes the agreement check ships. The first quantizes the ops between the
+# convolutions too (the mask, the max over positions, the embedding lookup, the concatenation): with only the
+# convolutions quantized, converting their outputs back to floats took half the int8 graph's time (1.25x
+# against 1.45-1.52x for a trained URL char CNN, benchmarks/RESULTS.md). The second is the safe fallback.
+INT8_RECIPES = {
+    "convolutions, dense layers and the ops between": ["Conv", "MatMul", "Gemm", "Relu", "Mul", "ReduceMax",
+                                                       "Transpose", "Gather", "Concat"],
+    "convolutions only": ["Conv"],
+}
+
+
 def quantize_int8(model_dir: str | Path, texts: Sequence[str], positive: np.ndarray, positive_index: int,
                   threshold: float) -> dict[str, Any]:
-    """Writes model.int8.onnx next to an exported model.onnx: ONNX Runtime static quantization of the
-    convolutions (int8 weights per channel, uint8 activations, QLinearConv) calibrated on the even rows of `texts`
-    (validation rows), then checked against the fp32 graph on the odd ones: ROC AUC of the positive class
-    within INT8_MAX_AUC_DROP and at least INT8_MIN_AGREEMENT of the decisions at `threshold` unchanged.
-    A graph that fails is deleted; the check is returned either way and recorded in the folder's config."""
+    """Writes model.int8.onnx next to an exported model.onnx: ONNX Runtime static quantization (the first of
+    INT8_RECIPES that passes) calibrated on the even rows of `texts` (validation rows), then checked against
+    the fp32 graph on the odd ones: ROC AUC of the positive class within INT8_MAX_AUC_DROP and at least
+    INT8_MIN_AGREEMENT of the decisions at `threshold` unchanged. When no recipe passes no int8 graph is
+    kept; the check is returned either way and recorded in the folder's config."""
     from onnxruntime.quantization import QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
-    from sklearn.metrics import roc_auc_score
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
@@ -199,35 +210,49 @@ def quantize_int8(model_dir: str | Path, texts: Sequence[str], positive: np.ndar
     calibrate, check, is_positive = ids[0::2], ids[1::2], np.asarray(positive)[1::2]
     if len(calibrate) == 0 or len(check) == 0:
         raise StageError("export: int8 needs validation rows to calibrate and check the graph; give some")
+    fp32 = _positive_scores(model_dir / ONNX_FILE, check, positive_index)
+    refused: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         with contextlib.redirect_stdout(io.StringIO()):  # it prints every tensor shape it infers
             quant_pre_process(str(model_dir / ONNX_FILE), str(prepared))
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            # Convolutions only: they hold most of a char CNN's time, while int8 dense layers (the head)
-            # cost the URL student 0.003 of validation AUC (chosen on validation rows, benchmarks/RESULTS.md).
-            quantize_static(str(prepared), str(model_dir / INT8_FILE), _Calibration(calibrate),
-                            quant_format=QuantFormat.QOperator, per_channel=True, op_types_to_quantize=["Conv"],
-                            activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
-    scores = {}
-    for precision, name in (("fp32", ONNX_FILE), ("int8", INT8_FILE)):
-        session = _session(model_dir / name, intra_op_num_threads=None)
-        scores[precision] = _in_batches(lambda batch, s=session: s.run(["probs"], {"ids": batch})[0],
-                                        check)[:, positive_index]
-    both = len(set(is_positive.tolist())) == 2
-    auc = {p: float(roc_auc_score(is_positive, s)) if both else None for p, s in scores.items()}
-    agreement = float(np.mean((scores["fp32"] >= threshold) == (scores["int8"] >= threshold)))
-    auc_drop = auc["fp32"] - auc["int8"] if both else 0.0
-    accepted = auc_drop <= INT8_MAX_AUC_DROP and agreement >= INT8_MIN_AGREEMENT
-    check_result = {"file": INT8_FILE if accepted else None, "accepted": accepted, "calibration_rows": len(calibrate),
-                    "check_rows": len(check), "auc_fp32": auc["fp32"], "auc_int8": auc["int8"],
-                    "decisions_unchanged": agreement, "max_auc_drop": INT8_MAX_AUC_DROP,
-                    "min_decisions_unchanged": INT8_MIN_AGREEMENT}
-    if not accepted:
+        for recipe, ops in INT8_RECIPES.items():
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                quantize_static(str(prepared), str(model_dir / INT8_FILE), _Calibration(calibrate),
+                                quant_format=QuantFormat.QOperator, per_channel=True, op_types_to_quantize=ops,
+                                activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8)
+            agreement = _agreement(fp32, _positive_scores(model_dir / INT8_FILE, check, positive_index),
+                                   is_positive, threshold)
+            if agreement["accepted"]:
+                break
+            refused.append({"recipe": recipe, **agreement})
+    result = {"file": INT8_FILE if agreement["accepted"] else None, "recipe": recipe if agreement["accepted"] else None,
+              **agreement, "calibration_rows": len(calibrate), "check_rows": len(check),
+              "max_auc_drop": INT8_MAX_AUC_DROP, "min_decisions_unchanged": INT8_MIN_AGREEMENT,
+              "recipes_refused": refused}
+    if not agreement["accepted"]:
         (model_dir / INT8_FILE).unlink()
-    write_config(model_dir, dataclasses.replace(config, onnx=dataclasses.replace(config.onnx, int8=check_result)))
-    return check_result
+    write_config(model_dir, dataclasses.replace(config, onnx=dataclasses.replace(config.onnx, int8=result)))
+    return result
+
+
+def _positive_scores(onnx_path: Path, ids: np.ndarray, positive_index: int) -> np.ndarray:
+    session = _session(onnx_path, intra_op_num_threads=None)
+    return _in_batches(lambda batch: session.run(["probs"], {"ids": batch})[0], ids)[:, positive_index]
+
+
+def _agreement(fp32: np.ndarray, int8: np.ndarray, is_positive: np.ndarray, threshold: float) -> dict[str, Any]:
+    """The int8 graph against the fp32 one on the same rows: ROC AUC of each, decisions unchanged at `threshold`."""
+    from sklearn.metrics import roc_auc_score
+
+    both = len(set(is_positive.tolist())) == 2
+    auc = {"fp32": float(roc_auc_score(is_positive, fp32)) if both else None,
+           "int8": float(roc_auc_score(is_positive, int8)) if both else None}
+    unchanged = float(np.mean((fp32 >= threshold) == (int8 >= threshold)))
+    auc_drop = auc["fp32"] - auc["int8"] if both else 0.0
+    return {"accepted": auc_drop <= INT8_MAX_AUC_DROP and unchanged >= INT8_MIN_AGREEMENT,
+            "auc_fp32": auc["fp32"], "auc_int8": auc["int8"], "decisions_unchanged": unchanged}
 
 
 def _in_batches(probabilities: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,

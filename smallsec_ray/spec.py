@@ -437,8 +437,9 @@ class ExportSpec(Section):
 
     int8: bool = Field(False, description="Also ship an int8 graph: ONNX Runtime static quantization calibrated "
                        "on validation rows, kept only when it agrees with the fp32 graph on other validation rows "
-                       "(ROC AUC within 0.002, >= 99.5% of decisions unchanged at the shipped threshold); "
-                       "`smallsec score` then runs it (--fp32 runs the fp32 graph).")
+                       "(ROC AUC within 0.002, >= 99.5% of decisions unchanged at the shipped threshold), the "
+                       "whole network first, the convolutions only if that disagrees; `smallsec score` then runs "
+                       "it (--fp32 runs the fp32 graph).")
 
 
 class JobSpec(Section):

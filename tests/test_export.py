@@ -149,6 +149,9 @@ def test_int8_graph_is_kept_when_it_agrees_and_refused_when_it_does_not(cmdlines
     texts, positive = [cmdlines[i] for i in order], positive[order]
     check = quantize_int8(folder, texts, positive, 1, 0.5)
     assert check["accepted"] and check["calibration_rows"] == check["check_rows"] == 100
+    assert check["recipe"] in export.INT8_RECIPES
+    assert [r["recipe"] for r in check["recipes_refused"]] == list(export.INT8_RECIPES)[
+        :list(export.INT8_RECIPES).index(check["recipe"])]  # the recipes before the one kept all failed
     assert check["decisions_unchanged"] >= 0.995 and check["auc_fp32"] - check["auc_int8"] <= 0.002
     assert (folder / INT8_FILE).is_file()
     int8, fp32 = OnnxScorer(folder), OnnxScorer(folder, fp32=True)
@@ -162,5 +165,6 @@ def test_int8_graph_is_kept_when_it_agrees_and_refused_when_it_does_not(cmdlines
 
     monkeypatch.setattr(export, "INT8_MIN_AGREEMENT", 1.01)  # no graph can pass: refused, the file deleted
     check = quantize_int8(folder, texts, positive, 1, 0.5)
-    assert not check["accepted"] and not (folder / INT8_FILE).exists()
+    assert not check["accepted"] and not (folder / INT8_FILE).exists() and check["recipe"] is None
+    assert [r["recipe"] for r in check["recipes_refused"]] == list(export.INT8_RECIPES)  # every recipe was tried
     assert OnnxScorer(folder).precision == "fp32"
