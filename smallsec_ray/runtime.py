@@ -6,6 +6,7 @@ import logging
 import os
 import shlex
 import time
+from pathlib import Path
 
 import ray
 import ray.data
@@ -74,10 +75,37 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
         ray.init(address=address, runtime_env=env, log_to_driver=True)
         return True
     cpus = num_cpus or max(4, os.cpu_count() or 1)
+    private_auth_token()
     # address="local": always a new instance, never a cluster some other process started here.
     ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
              runtime_env=env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
     return True
+
+
+def private_auth_token() -> None:
+    """The embedded Ray's token, readable by its owner only.
+
+    Ray 2.60 listens on every interface (GCS, raylet, workers, dashboard agent; it has no setting to bind
+    them to 127.0.0.1), and turns token authentication on for a new local cluster: a process without the
+    token is refused (tests/test_local_security.py). But when no token exists it writes one to
+    ~/.ray/auth_token with the default mode (0644 here: any local user could read it and run code through
+    Ray). So write it first, mode 0600 in a 0700 folder, with Ray's own generator. A token the user set up
+    (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH, an existing file), or RAY_AUTH_MODE=disabled, is left as it is.
+    """
+    from ray._private.authentication.authentication_token_generator import generate_new_authentication_token
+
+    if os.environ.get("RAY_AUTH_MODE", "token").lower() != "token":
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"):
+        return
+    folder = Path.home() / ".ray"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    try:
+        fd = os.open(folder / "auth_token", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return
+    with os.fdopen(fd, "w") as f:
+        f.write(generate_new_authentication_token())
 
 
 def _quiet_ray_data() -> None:

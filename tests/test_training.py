@@ -4,6 +4,7 @@ continued training, and the plain model folder that evaluation and export read w
 from __future__ import annotations
 
 import math
+import os
 
 import numpy as np
 import pandas as pd
@@ -141,6 +142,20 @@ def test_learning_rate_warms_up_then_decays_to_zero_at_the_last_step():
     cosine = lr_factor(TrainingSpec(schedule="cosine", warmup=0.0), total_steps=100)
     assert cosine(0) == 1.0 and abs(cosine(50) - 0.5) < 1e-9 and cosine(100) < 1e-12
     assert lr_factor(TrainingSpec(), total_steps=10)(7) == 1.0  # constant, no warmup
+
+
+def test_deepspeed_on_cpu_does_not_compile_its_inference_all_reduce(tmp_path):
+    """The op costs 30-60 s of compiling on a fresh machine (a user's first `make run`, every CI run) and
+    training never calls it. In a fresh process, with an empty extensions folder."""
+    import subprocess
+    import sys
+
+    code = ("from smallsec_ray.training.engine import skip_inference_comm_op; skip_inference_comm_op(); "
+            "from deepspeed.comm.torch import build_shm_op; print(build_shm_op())")
+    env = {**os.environ, "TORCH_EXTENSIONS_DIR": str(tmp_path), "DS_ACCELERATOR": "cpu"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip().splitlines()[-1] == "None" and not list(tmp_path.iterdir())
 
 
 def test_checkpoint_folders_hold_no_glob_characters():

@@ -81,6 +81,17 @@ def deepspeed_config(fit: FitSpec, world_size: int) -> dict[str, Any]:
     return config
 
 
+def skip_inference_comm_op() -> None:
+    """DeepSpeed's CPU backend compiles a shared-memory all-reduce op when it sets up communication (30 s on an
+    idle 2-core machine, up to a minute inside a fit, once per machine), but only its inference tensor
+    parallelism calls that op: training's collectives go through the process group Ray Train made. DeepSpeed
+    keeps the probe of compatible ops in one dict that edits persist in, so marking the op incompatible skips
+    the build. No effect on GPUs, whose accelerator has no such op."""
+    import deepspeed
+
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+
+
 class DeepSpeedEngine:
     def __init__(self, model: nn.Module, fit: FitSpec, total_steps: int):
         import deepspeed
@@ -90,6 +101,7 @@ class DeepSpeedEngine:
         optimizer = None if "optimizer" in config else torch.optim.AdamW(
             model.parameters(), lr=fit.learning_rate, weight_decay=fit.weight_decay)
         factor = lr_factor(fit, total_steps)
+        skip_inference_comm_op()
         # Ray Train has set up the process group (gloo on CPU, NCCL on GPU); DeepSpeed joins it, and
         # steps the schedule with the optimizer (and saves it in checkpoints).
         self.ds, *_ = deepspeed.initialize(model=model, optimizer=optimizer, config=config,
