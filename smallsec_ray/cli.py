@@ -27,12 +27,24 @@ def _cmd_validate(args: argparse.Namespace) -> int:
     from smallsec_ray.job import load_job
     from smallsec_ray.workloads import stages_for
 
-    spec = load_job(args.spec, check_files=not args.skip_file_checks)
+    spec = load_job(args.spec, check_files=not args.skip_file_checks, overrides=_overrides(args))
     stages = stages_for(spec)
     print(json.dumps(spec.public_dump(), indent=2))
     print(f"\n{args.spec}: valid. Workload {spec.workload}: stages " + " -> ".join(s.name for s in stages),
           file=sys.stderr)
     return 0
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    """--set KEY=VALUE pairs, then --output and --reuse, as spec overrides (dotted key -> value)."""
+    from smallsec_ray.spec import parse_override
+
+    overrides = dict(parse_override(text) for text in args.set or [])
+    if getattr(args, "output", None):
+        overrides["output"] = args.output
+    if getattr(args, "reuse", None):
+        overrides["reuse_from"] = list(args.reuse)
+    return overrides
 
 
 def _cmd_spec_reference(args: argparse.Namespace) -> int:
@@ -45,9 +57,7 @@ def _cmd_spec_reference(args: argparse.Namespace) -> int:
 def _cmd_run(args: argparse.Namespace) -> int:
     from smallsec_ray.job import load_job, run_job
 
-    spec = load_job(args.spec)
-    if args.output:
-        spec = spec.model_copy(update={"output": args.output})
+    spec = load_job(args.spec, overrides=_overrides(args))
     run_job(spec, force_from=args.from_stage, until=args.until)
     return 0
 
@@ -65,12 +75,16 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if not address:
         raise SpecError("submit: no cluster address; pass --address http://HEAD:8265 or set RAY_ADDRESS")
     # Schema errors fail here; paths are left to the cluster, where the data, models and output live.
-    spec = load_spec(args.spec)
+    spec = load_spec(args.spec, _overrides(args))
     sent, secret, unset = spec_variables(args.spec)
     extra = []
     for flag, value in (("--from", args.from_stage), ("--until", args.until), ("--output", args.output)):
         if value:
             extra += [flag, value]
+    for text in args.set or []:
+        extra += ["--set", text]
+    for run in args.reuse or []:
+        extra += ["--reuse", run]
     print(f"{args.spec}: valid (paths are checked on the cluster, where they live)")
     if sent or secret or unset:
         print("  variables sent with the job: " + (", ".join(sorted(sent)) or "none")
@@ -132,6 +146,15 @@ def build_parser() -> argparse.ArgumentParser:
                        help="rerun this stage and every stage after it, even if complete")
         p.add_argument("--until", metavar="STAGE", help="stop after this stage")
         p.add_argument("--output", metavar="DIR", help="write the run here instead of the spec's `output`")
+        spec_options(p)
+
+    def spec_options(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override one spec key, as if the "
+                       "file said so (the value is YAML), e.g. --set training.epochs=3 --set "
+                       "'data.noise={mode: rows, flip_rates: {malicious: 0.3}}'; may be given several times")
+        p.add_argument("--reuse", action="append", metavar="RUN", help="an earlier run's output folder whose "
+                       "complete stages this run takes where their keys and inputs are the same, instead of "
+                       "running them again (spec key reuse_from); may be given several times")
 
     p = sub.add_parser("run", help="run a job spec on an embedded Ray on this machine (or resources.address)",
                        description="Run a job spec. Each stage writes its outputs and a manifest under the "
@@ -162,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("spec", help="path of the YAML job spec")
     p.add_argument("--skip-file-checks", action="store_true", help="don't check that input files and folders "
                    "exist (a spec for a cluster whose storage this machine cannot see)")
+    spec_options(p)
     p.set_defaults(func=_cmd_validate)
 
     p = sub.add_parser("spec-reference", help="print every job spec key with its type, default and meaning")

@@ -7,7 +7,7 @@ equal scores always fall on the same side of a threshold, so ties never split.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, field, fields, replace
 from typing import Any
 
 import numpy as np
@@ -163,8 +163,9 @@ def class_metrics(probs: np.ndarray, labels: list[str], classes: list[str],
 
 
 @dataclass
-class ModelReport:
-    """One model evaluated on the test rows: overall, per group value, with thresholds from validation."""
+class ModelMetrics:
+    """One model evaluated on the test rows: overall, per group value, with thresholds from validation (what
+    a report and a stage result keep of a ModelReport)."""
 
     name: str
     classes: list[str]
@@ -178,14 +179,22 @@ class ModelReport:
     overall: Metrics
     groups: dict[str, dict[str, Metrics]]  # group column -> value -> metrics
     by_class: ClassMetrics  # every class, from the full probability vectors (multi-class figures)
-    scores: np.ndarray = field(repr=False)  # positive-class score of each test row (plots, comparisons)
+
+
+@dataclass
+class ModelReport(ModelMetrics):
+    """A model's metrics with the per-row scores they came from (plots, comparisons)."""
+
+    scores: np.ndarray = field(repr=False)  # positive-class score of each test row
     y_true: np.ndarray = field(repr=False)  # 1 where the test row's label is the positive class
+
+    def metrics(self) -> ModelMetrics:
+        """Everything but the per-row arrays."""
+        return ModelMetrics(**{f.name: getattr(self, f.name) for f in fields(ModelMetrics)})
 
     def to_dict(self) -> dict[str, Any]:
         """Everything but the per-row arrays, ready for json.dumps."""
-        out = asdict(self)
-        del out["scores"], out["y_true"]
-        return out
+        return asdict(self.metrics())
 
 
 def evaluate_model(name: str, probs: np.ndarray, labels: list[str], classes: list[str], positive_class: str,
@@ -334,6 +343,25 @@ class Audit:
     n_wrong_labels: int | None = None  # labelled rows whose given label differs from the true one
     precision: float | None = None  # share of listed rows whose given label is really wrong
     recall: float | None = None  # share of all wrong given labels that are listed
+
+
+@dataclass
+class AuditSummary:
+    """An audit's counts and, where the true labels are known, how well its list finds wrong labels."""
+
+    top_k: int
+    listed: int
+    n_labelled: int
+    n_disagreements: int
+    n_wrong_labels: int | None = None
+    precision: float | None = None
+    recall: float | None = None
+
+    @classmethod
+    def of(cls, audit: Audit) -> AuditSummary:
+        return cls(top_k=audit.top_k, listed=len(audit.rows), n_labelled=audit.n_labelled,
+                   n_disagreements=audit.n_disagreements, n_wrong_labels=audit.n_wrong_labels,
+                   precision=audit.precision, recall=audit.recall)
 
 
 def label_audit(ids: list[str], texts: list[str], given_labels: list[str | None], teacher_probs: np.ndarray,

@@ -7,9 +7,11 @@ errors (a misspelt key must not be silently ignored).
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
 from types import UnionType
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
@@ -156,6 +158,8 @@ class FitSpec(Section):
                                   "select_by (Ray Train also keeps the latest, to resume from); older ones are "
                                   "deleted, so a 7B teacher does not leave a checkpoint per epoch behind.")
     max_rows: int | None = Field(None, gt=0, description="Train on at most this many rows (quick trials).")
+    seed: int = Field(0, description="Seed of the model's initial weights (a teacher's new head) and of the order "
+                      "of its batches: repeats of an experiment give each run its own.")
     materialize: bool = Field(True, description="Read, filter and mix the training and validation rows once "
                               "and keep them in Ray's object store for every epoch (it spills to disk when "
                               "full); false streams them from the files again each epoch (rows far larger "
@@ -464,6 +468,10 @@ class JobSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
+    reuse_from: PathList = Field(description="Earlier runs (their output folders) whose complete stages this run "
+                                 "takes instead of running them again, where a stage's keys and inputs are the "
+                                 "same (an experiment's configurations share one teacher); their files stay "
+                                 "where they are and this run's manifests point at them.")
     _secrets: dict[str, str] = PrivateAttr(default_factory=dict)  # value -> name of secret ${VARS} it expanded
 
     def public_dump(self) -> dict[str, Any]:
@@ -723,8 +731,12 @@ def parse_spec(raw: dict, source: str = "spec") -> JobSpec:
     return spec
 
 
-def load_spec(path: str | Path) -> JobSpec:
-    """Reads a YAML job spec (safe_load only) and validates its schema."""
+def load_spec(path: str | Path, overrides: Mapping[str, Any] | None = None) -> JobSpec:
+    """Reads a YAML job spec (safe_load only), applies `overrides` and validates its schema.
+
+    `overrides` maps dotted keys to values, e.g. {"training.epochs": 3, "data.noise": {"mode": "rows"}}: each
+    replaces the value at its key (a mapping replaces the whole section), as if the file said so. This is how
+    an experiment's configurations are one spec file and a few overrides each."""
     path = Path(path)
     if not path.is_file():
         raise SpecError(f"{path}: no such spec file")
@@ -738,7 +750,42 @@ def load_spec(path: str | Path) -> JobSpec:
     except RecursionError:  # PyYAML builds nested lists and mappings recursively
         raise SpecError(f"{path}: not valid YAML: lists or mappings nested too deeply; a job spec needs a few "
                         "levels") from None
+    if overrides:
+        raw = with_overrides(raw, overrides, str(path))
     return parse_spec(raw, str(path))
+
+
+def with_overrides(raw: Any, overrides: Mapping[str, Any], source: str = "spec") -> dict:
+    """A copy of a loaded spec mapping with each dotted key of `overrides` set to its value (sections on the
+    way are made where the file has none)."""
+    if not isinstance(raw, dict):
+        raise SpecError(f"{source}: a job spec must be a YAML mapping at the top level")
+    out = copy.deepcopy(raw)
+    for key, value in overrides.items():
+        parts = key.split(".")
+        if not key or not all(parts):
+            raise SpecError(f"{source}: override {key!r}: not a dotted key such as training.epochs")
+        section = out
+        for depth, part in enumerate(parts[:-1]):
+            if section.get(part) is None:
+                section[part] = {}
+            if not isinstance(section[part], dict):
+                where = ".".join(parts[:depth + 1])
+                raise SpecError(f"{source}: override {key!r}: {where} is a value, not a section, in this spec")
+            section = section[part]
+        section[parts[-1]] = copy.deepcopy(value)
+    return out
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """"training.epochs=3" -> ("training.epochs", 3): the value is read as YAML (numbers, lists, mappings)."""
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip():
+        raise SpecError(f"--set {text!r}: write KEY=VALUE, e.g. --set training.epochs=3")
+    try:
+        return key.strip(), yaml.safe_load(value) if value.strip() else ""
+    except yaml.YAMLError as err:
+        raise SpecError(f"--set {text!r}: the value is not valid YAML{_yaml_problem(err)}") from None
 
 
 def _yaml_problem(err: yaml.YAMLError) -> str:

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import shutil
 import time
 import uuid
@@ -102,13 +103,19 @@ class StageContext:
 
     def store(self, relative: str) -> str:
         """A path from a stage result (relative to the run folder) in the output: what Ray tasks, Ray Data and
-        Ray Train read and write."""
-        return storage.join(self.store_root or str(self.run_dir), relative)
+        Ray Train read and write. A stage reused from another run (spec.reuse_from) names its files by a whole
+        location, or by a path that leaves this run's folder (../base/label/...)."""
+        if storage.is_uri(relative) or os.path.isabs(relative):
+            return relative
+        joined = storage.join(self.store_root or str(self.run_dir), relative)
+        return os.path.normpath(joined) if relative.startswith("..") and not storage.is_uri(joined) else joined
 
     def path(self, relative: str) -> Path:
         """A path from a stage result as a local path (a model folder, a report), fetched from the output if
         this machine has no copy (the run was started elsewhere)."""
-        local = self.run_dir / relative
+        if storage.is_uri(relative):
+            return storage.local_copy(relative)  # a file of another run, in an object store
+        local = Path(os.path.normpath(self.run_dir / relative))
         self.fetch(local)
         return local
 
@@ -132,8 +139,11 @@ class StageContext:
     def relative(self, path: str | Path) -> str:
         """A path under the run folder (local, or in the output) as stage results keep it."""
         if self.store_root and storage.is_uri(path):
-            return storage.relative_to(path, self.store_root)
-        return str(Path(path).resolve().relative_to(self.run_dir.resolve()))
+            try:
+                return storage.relative_to(path, self.store_root)
+            except ValueError:
+                return str(path)  # another run's file (a reused stage's), named whole
+        return os.path.relpath(Path(path).resolve(), self.run_dir.resolve())
 
 
 @dataclass(frozen=True)
@@ -172,8 +182,14 @@ def run_stages(spec: JobSpec, stages: list[Stage], output: str | Path | RunFolde
         fingerprint = _fingerprint(reads, inputs)
         old = read_manifest(store_dir)
         tag = f"[{i}/{len(stages)}] {stage.name}"
+        reused = None if forcing else _reused(spec.reuse_from, stage.name, fingerprint, folder, names)
         if old and old.get("status") == "complete" and old.get("fingerprint") == fingerprint and not forcing:
             echo(f"{tag}: complete (ran {old['finished']}), skipped")
+        elif reused is not None:
+            _remove_stale(folder, stage.name)
+            _write_reused(folder, stage.name, reused)
+            old = reused
+            echo(f"{tag}: reused from {reused['reused_from']} (ran {reused['finished']})")
         else:
             # A stage folder without a manifest is a run that died: it is kept so that the stage resumes from
             # what it wrote, but only if it was started with the same keys and inputs. Anything else is stale.
@@ -194,6 +210,48 @@ def run_stages(spec: JobSpec, stages: list[Stage], output: str | Path | RunFolde
         if stage.name == until:
             break
     return results
+
+
+def _reused(sources: list[str], name: str, fingerprint: str, folder: RunFolder, names: list[str]) -> dict | None:
+    """The manifest of stage `name` in the first of `sources` (spec.reuse_from) where it is complete with the same
+    fingerprint, its result's paths made to point from this run into that one; None if no source has it."""
+    for source in sources:
+        root = storage.resolve(source)
+        if root == folder.store:
+            continue
+        manifest = read_manifest(storage.join(root, name))
+        if manifest and manifest.get("status") == "complete" and manifest.get("fingerprint") == fingerprint:
+            return {**manifest, "reused_from": storage.join(root, name),
+                    "result": _rebased(manifest["result"], root, folder.store, set(names))}
+    return None
+
+
+def _rebased(value: Any, source: str, target: str, stages: set[str]) -> Any:
+    """A stage result of the run at `source` as the run at `target` names the same files. Results name files by
+    paths relative to their run folder, and every such path starts with the stage folder that wrote it (or with
+    ../ when it was itself reused); those are rewritten: relative to `target` when both runs are local folders,
+    else as whole locations (URIs)."""
+    if isinstance(value, dict):
+        return {k: _rebased(v, source, target, stages) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_rebased(v, source, target, stages) for v in value]
+    if not isinstance(value, str) or storage.is_uri(value) or os.path.isabs(value):
+        return value
+    head = value.split("/", 1)[0]
+    if head not in stages and head != "..":
+        return value
+    if storage.is_uri(source) or storage.is_uri(target):
+        return storage.normalise(storage.join(source, value))
+    return os.path.relpath(os.path.normpath(os.path.join(source, value)), target)
+
+
+def _write_reused(folder: RunFolder, name: str, manifest: dict) -> None:
+    """A reused stage in this run: its manifest (and started.json, as the runner's own folders have), no files."""
+    store_dir = storage.join(folder.store, name)
+    (folder.local / name).mkdir(parents=True, exist_ok=True)
+    storage.write_text(storage.join(store_dir, STARTED), json.dumps(
+        {"fingerprint": manifest["fingerprint"], "reused_from": manifest["reused_from"]}))
+    storage.write_text(storage.join(store_dir, MANIFEST), json.dumps(manifest, indent=2, default=str))
 
 
 def make_run_dir(run_dir: Path) -> None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import posixpath
 import re
 import shutil
 import time
@@ -58,6 +59,14 @@ def join(location: str | Path, *parts: str) -> str:
     if is_uri(location):
         return "/".join([str(location).rstrip("/"), *(p.strip("/") for p in parts)])
     return str(Path(location).joinpath(*parts))
+
+
+def normalise(location: str) -> str:
+    """A location with its "." and ".." parts resolved: "s3://b/runs/a/../base/x" -> "s3://b/runs/base/x"."""
+    if not is_uri(location):
+        return os.path.normpath(location)
+    scheme, _, rest = location.partition("://")
+    return f"{scheme}://{posixpath.normpath(rest)}"
 
 
 def relative_to(location: str | Path, root: str | Path) -> str:

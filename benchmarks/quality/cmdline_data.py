@@ -113,8 +113,10 @@ def _drop_conflicts(rows: list[dict]) -> tuple[list[dict], dict]:
 
 
 def write_experiment_shards(data_dir: Path, out: Path, clean_share: float = 0.1, validation_share: float = 0.15,
-                            test_share: float = 0.25, scale: float = 1.0, seed: int = 0) -> dict:
-    """Writes the experiment's parts under `out` and returns counts:
+                            test_share: float = 0.25, scale: float = 1.0, seed: int = 0,
+                            split_seed: int | None = None) -> dict:
+    """Writes the experiment's parts under `out` and returns counts (the rows are sampled with `seed`, the parts
+    drawn with `split_seed`, by default the same):
 
     * test/: whole held-out groups (techniques, binaries, pages, modules), hard negatives excluded;
     * labelled/: the analysts' clean rows, with their split given in `fixed_split`: `validation` (a share
@@ -127,15 +129,18 @@ def write_experiment_shards(data_dir: Path, out: Path, clean_share: float = 0.1,
     from signature_rules import rule_label
 
     rows, stats = read_rows(data_dir, scale, seed)
+    seed = seed if split_seed is None else split_seed  # the rows are drawn with `seed`, the splits with this one
     evaluable = [r for r in rows if r["source"] not in HARD_NEGATIVE_SOURCES]
     test_of = assign_splits([r["group"] for r in evaluable], [r["label"] for r in evaluable], 0.0, test_share, seed)
     test_groups = {g for g, s in test_of.items() if s == "test"}
     test = [r for r in evaluable if r["group"] in test_groups]
     train = [r for r in rows if r["group"] not in test_groups]
     candidates = [r for r in train if r["source"] not in HARD_NEGATIVE_SOURCES]
-    val_of = assign_splits([r["group"] for r in candidates], [r["label"] for r in candidates], validation_share, 0.0,
-                           seed + 2, sources=[r["source"] for r in candidates])
-    val_groups = {g for g, s in val_of.items() if s == "validation"}
+    val_groups: set[str] = set()
+    for source in sorted({r["source"] for r in candidates}):  # within each source: thresholds rest on all of them
+        mine = [r for r in candidates if r["source"] == source]
+        val_of = assign_splits([r["group"] for r in mine], [r["label"] for r in mine], validation_share, 0.0, seed + 2)
+        val_groups |= {g for g, s in val_of.items() if s == "validation"}
     rest = [r for r in train if r["group"] not in val_groups]
     clean_of = assign_splits([r["group"] for r in rest], [r["label"] for r in rest], 0.0, clean_share, seed + 1)
     teacher_rows = [r for r in rest if clean_of[r["group"]] == "test"]

@@ -474,7 +474,10 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
         drill: dict[str, Any] | None = None, seed: int = 0, store_dir: str | None = None) -> TrainedModel:
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model
     (a local folder). The checkpoints go to `store_dir`/checkpoints: out_dir's place in the run's output
-    (a shared path or an object-store URI that every worker writes to; default out_dir)."""
+    (a shared path or an object-store URI that every worker writes to; default out_dir). `seed` tells apart
+    the fits of one spec (ensemble members, repeats: 0, 1, ...); the fit spec's own seed sets the rest, so
+    that every fit's initial weights and batch order are 1000 * training.seed + seed."""
+    seed = 1000 * training.seed + seed
     out_dir = Path(out_dir).resolve()
     checkpoints = storage.join(store_dir or str(out_dir), CHECKPOINTS_DIR)
     scaling = training.scaling

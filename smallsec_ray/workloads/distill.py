@@ -11,14 +11,14 @@ same test rows (the labelled part's test split plus the test part).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
 from smallsec_ray.audit import audit_shards
 from smallsec_ray.data import schema
 from smallsec_ray.data.noise import apply_noise
-from smallsec_ray.evaluation import compare_at_threshold, evaluate_model
+from smallsec_ray.evaluation import AuditSummary, Comparison, ModelMetrics, compare_at_threshold, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.reference import fit_linear_reference
 from smallsec_ray.report import write_report
@@ -71,6 +71,9 @@ class DistillReport:
     meets_target: bool
     test_rows: int
     validation_rows: int
+    models: dict[str, ModelMetrics] = field(default_factory=dict)  # by name: teacher, baseline student, ...
+    versus: Comparison | None = None  # the distilled student against the baseline, at the largest FPR
+    audit: AuditSummary | None = None  # the label audit's counts (its rows are in report.json)
 
 
 def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labels: TeacherLabels,
@@ -124,7 +127,9 @@ def run_evaluate(ctx: StageContext, data: PreparedData, teachers: Teachers, labe
     json_path, md_path = write_report(ctx.run_dir, job, stages, list(reports.values()), [comparison], audit, extra)
     return DistillReport(report_json=ctx.relative(json_path), report_md=ctx.relative(md_path),
                          comparison=comparison.sentence, meets_target=comparison.meets_target,
-                         test_rows=test.num_rows, validation_rows=val.num_rows)
+                         test_rows=test.num_rows, validation_rows=val.num_rows,
+                         models={name: r.metrics() for name, r in reports.items()}, versus=comparison,
+                         audit=AuditSummary.of(audit) if audit is not None else None)
 
 
 STAGES = [
