@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 SPEC ?= jobs/local/distill.yaml
 
-.PHONY: setup run test lint clean
+.PHONY: setup run test test-slow smoke tables lint clean
 
 setup: $(STAMP)
 
@@ -24,8 +24,20 @@ run: setup
 	test -f demo-data/README.txt || $(BIN)/smallsec demo-data demo-data
 	$(BIN)/smallsec run $(SPEC)
 
+# The README's test command: every test but the slow multi-node and end-to-end ones (.ci/run runs those after).
 test: setup
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-slow: setup
+	$(BIN)/python -m pytest -q -m slow
+
+# Every benchmark and experiment in its smoke mode: tiny rows and models, the same code (benchmarks/smoke.py).
+smoke: setup
+	$(BIN)/python benchmarks/smoke.py
+
+# RESULTS.md's experiment tables, generated from the results files (CI checks them: tables.py --check).
+tables: setup
+	$(BIN)/python benchmarks/tables.py
 
 lint: setup
 	$(BIN)/ruff check smallsec_ray tests benchmarks

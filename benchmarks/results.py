@@ -105,6 +105,11 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def jsonable(value: Any) -> Any:
+    """`value` as its results file will hold it: dataclasses as dicts, numpy values as numbers and lists."""
+    return json.loads(json.dumps(value, default=_plain))
+
+
 def read(path: Path) -> tuple[Provenance, Any]:
     """A results file: (provenance, figures)."""
     blob = json.loads(Path(path).read_text())

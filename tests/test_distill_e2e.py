@@ -13,7 +13,10 @@ import yaml
 
 from smallsec_ray.cli import main
 from smallsec_ray.data.demo import write_demo_data
+from smallsec_ray.errors import StageError
+from smallsec_ray.job import read_results
 from smallsec_ray.students.folder import read_config
+from smallsec_ray.workloads.distill import STAGES as DISTILL
 
 pytestmark = pytest.mark.timeout(3600)  # generous: a loaded 2-core machine is several times slower
 
@@ -119,6 +122,18 @@ def test_distill_runs_to_a_report_and_a_student_that_another_job_continues(tmp_p
     capsys.readouterr()
     assert main(["run", str(spec2_path), "--until", "export"]) == 0  # the shipped student, no comparison
     continued = more / result_of(more, "export")["model_dir"]
+    # A finished run's typed results, read back (what an experiment script scores again): the first job's, and
+    # the second job's up to where it stopped.
+    finished = read_results(out)
+    assert list(finished) == [stage.name for stage in DISTILL]
+    assert list(finished["evaluate"].models) == [m["name"] for m in report["models"]]
+    assert finished["evaluate"].models["distilled student"].overall.roc_auc == report["models"][3]["overall"]["roc_auc"]
+    assert finished["evaluate"].versus.candidate == "distilled student" and finished["evaluate"].audit.top_k == 20
+    assert Path(finished.location(finished["export"].model_dir)) == shipped
+    partial = read_results(more)
+    assert list(partial)[-1] == "export"
+    with pytest.raises(StageError, match="stage 'evaluate' has no complete result"):
+        partial["evaluate"]
     assert read_config(continued).lineage.parent["job"] == "e2e"
     assert read_config(continued).architecture == config.architecture
 

@@ -28,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import TINY_CLASSES
+from drills import FailOnce, Trace
 
 from smallsec_ray.data.schema import ID, LABEL, PROBS, TEXT
 
@@ -237,11 +238,11 @@ def test_training_resumes_after_losing_a_worker_node_and_trains_each_row_once_pe
                                  "resources": {TRAINER_NODE: 1}})
     marker, trace = tmp_path / "stopped.json", tmp_path / "trace"
     trace.mkdir()
-    drill = {"step": steps_per_epoch + 4, "marker": str(marker), "hang": True, "trace": str(trace)}
+    drills = [Trace(str(trace)), FailOnce(steps_per_epoch + 4, str(marker), hang=True)]
     # An unseeded shuffle: Ray Data hands the rows out in another order after the restart.
     rows = ray.data.from_pandas(train).random_shuffle()
     thread, box = in_thread(train_student, spec, StudentSpec(preset="tiny"), CLASSES, rows,
-                            ray.data.from_pandas(val), tmp_path / "out", drill=drill)
+                            ray.data.from_pandas(val), tmp_path / "out", callbacks=drills)
 
     def stopped():
         try:

@@ -192,3 +192,29 @@ def test_secret_variables_are_masked_in_what_validate_prints_and_the_run_writes(
     with pytest.raises(SpecError) as err:
         parse_spec(bad)
     assert "s3cr3t-value" not in str(err.value) and "${SMALLSEC_TEST_TOKEN}" in str(err.value)
+
+
+def test_overrides_set_dotted_keys_as_if_the_file_said_so(tmp_path, shard, capsys):
+    """An experiment's configurations are one spec file and a few overrides each (load_spec, smallsec --set)."""
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(minimal(shard, training={"epochs": 7, "learning_rate": 0.01})))
+    spec = load_spec(path, {"training.epochs": 3, "data.noise": {"mode": "groups", "flip_rates": {"malicious": 0.3}},
+                            "teacher.finetune.seed": 2})
+    assert spec.training.epochs == 3 and spec.training.learning_rate == 0.01  # the rest of the section stays
+    assert spec.data.noise.mode == "groups" and spec.data.noise.flip_rates == {"malicious": 0.3}
+    assert spec.teacher.finetune.seed == 2  # sections the file does not have are made on the way
+    assert load_spec(path, {"data.noise": None}).data.noise is None
+    with pytest.raises(SpecError, match=r"training\.epochz: unknown key"):
+        load_spec(path, {"training.epochz": 3})  # a misspelt override is caught by the schema, by name
+    with pytest.raises(SpecError, match="training.epochs is a value, not a section"):
+        load_spec(path, {"training.epochs.max": 3})
+    with pytest.raises(SpecError, match="not a dotted key"):
+        load_spec(path, {"training..epochs": 3})
+    # The command line: --set KEY=VALUE, the value read as YAML.
+    assert main(["validate", str(path), "--skip-file-checks", "--set", "training.epochs=2", "--set",
+                 "evaluation.fprs=[0.05]", "--set", "distillation={alpha: 0.2}"]) == 0
+    resolved = yaml.safe_load(capsys.readouterr().out)
+    assert resolved["training"]["epochs"] == 2 and resolved["evaluation"]["fprs"] == [0.05]
+    assert resolved["distillation"]["alpha"] == 0.2
+    assert main(["validate", str(path), "--skip-file-checks", "--set", "training.epochs"]) == 2
+    assert "write KEY=VALUE" in capsys.readouterr().err

@@ -241,3 +241,66 @@ def test_a_run_folder_is_closed_to_other_users(spec):
     run_dir.chmod(0o777)
     run_stages(spec, recording_stages([]), run_dir, echo=quiet)
     assert run_dir.stat().st_mode & 0o777 == 0o770
+
+
+@dataclass
+class Written:
+    path: str  # a file the stage wrote, relative to the run folder
+    note: str = "teacher"  # not a path: left as it is when the result is reused
+
+
+def writing_stages(calls: list[str]) -> list[Stage]:
+    """Stage a writes a file and names it in its result; b and c read the file named by their input."""
+    def first(ctx: StageContext) -> Written:
+        calls.append("a")
+        (ctx.stage_dir / "rows.txt").write_text("rows of a")
+        return Written(ctx.relative(ctx.stage_dir / "rows.txt"))
+
+    def make(name: str):
+        def run(ctx: StageContext, x: Written) -> Written:
+            calls.append(name)
+            assert Path(ctx.store(x.path)).read_text().startswith("rows of"), x.path
+            assert ctx.path(x.path).read_text().startswith("rows of")
+            (ctx.stage_dir / "rows.txt").write_text(f"rows of {name}")
+            return Written(ctx.relative(ctx.stage_dir / "rows.txt"), note=x.note)
+        return run
+
+    return [Stage("a", first, reads=("data",)), Stage("b", make("b"), reads=("student",), inputs={"x": "a"}),
+            Stage("c", make("c"), reads=("evaluation",), inputs={"x": "b"})]
+
+
+def test_reuse_from_takes_matching_stages_of_another_run_without_copying_them(spec, tmp_path):
+    calls: list[str] = []
+    first = tmp_path / "first"
+    run_stages(spec, writing_stages(calls), first, echo=quiet)
+    # Another configuration: another student, the same data. It reuses a; b and c run in its own folder.
+    other = spec.model_copy(update={"student": spec.student.model_copy(update={"preset": "tiny"}),
+                                    "reuse_from": [str(first)]})
+    lines: list[str] = []
+    results = run_stages(other, writing_stages(calls), tmp_path / "second", echo=lines.append)
+    assert calls == ["a", "b", "c", "b", "c"]
+    assert any(line.startswith("[1/3] a: reused from") and str(first / "a") in line for line in lines), lines
+    assert not (tmp_path / "second" / "a" / "rows.txt").exists()  # nothing copied: the manifest points there
+    assert results["a"] == Written("../first/a/rows.txt") and results["b"] == Written("b/rows.txt")
+    manifest = json.loads((tmp_path / "second" / "a" / "manifest.json").read_text())
+    assert manifest["reused_from"] == str(first / "a")
+    # A run that reuses a run that reused: paths still lead to the files; the same spec reuses b and c too.
+    third = other.model_copy(update={"reuse_from": [str(tmp_path / "second")]})
+    results = run_stages(third, writing_stages(calls), tmp_path / "runs" / "third", echo=quiet)
+    assert calls == ["a", "b", "c", "b", "c"]
+    assert results["a"] == Written("../../first/a/rows.txt") and results["c"] == Written("../../second/c/rows.txt")
+    # Rerun in place: complete, skipped (not reused again); a changed key reruns only what reads it.
+    lines = []
+    run_stages(third.model_copy(update={"evaluation": third.evaluation.model_copy(update={"audit_top_k": 5})}),
+               writing_stages(calls), tmp_path / "runs" / "third", echo=lines.append)
+    assert calls == ["a", "b", "c", "b", "c", "c"]
+    assert any("a: complete" in line for line in lines) and any("c: running" in line for line in lines)
+
+
+def test_reuse_from_does_not_take_a_stage_run_under_other_keys(spec, tmp_path):
+    calls: list[str] = []
+    run_stages(spec, writing_stages(calls), tmp_path / "first", echo=quiet)
+    other_data = spec.model_copy(update={"data": spec.data.model_copy(update={"max_rows_per_shard": 5}),
+                                         "reuse_from": [str(tmp_path / "first")]})
+    run_stages(other_data, writing_stages(calls), tmp_path / "second", echo=quiet)
+    assert calls == ["a", "b", "c", "a", "b", "c"]

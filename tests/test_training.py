@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from drills import FailOnce
 
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.spec import DistillationSpec, StudentSpec, TrainingSpec
@@ -92,7 +93,7 @@ def test_killed_worker_restarts_from_last_checkpoint_and_finishes(ray_local, row
     result = train_student(spec(epochs=2, checkpoint_every_steps=5, schedule="cosine", warmup=0.2),
                            StudentSpec(preset="tiny"), CLASSES,
                            ray_local.data.from_pandas(train), ray_local.data.from_pandas(val), tmp_path / "out",
-                           distillation=DistillationSpec(), drill={"step": steps_per_epoch + 3, "marker": str(marker)})
+                           distillation=DistillationSpec(), callbacks=[FailOnce(steps_per_epoch + 3, str(marker))])
     assert marker.exists(), "the drill did not kill a worker"
     assert [m["epoch"] for m in result.epochs] == [1, 2]
     # The restarted group resumed mid-epoch 2 from the step-15 checkpoint, not from scratch, and left out

@@ -36,7 +36,7 @@ HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE), str(HERE.parent)]
 
 from cmdline_data import write_experiment_shards  # noqa: E402
-from results import ROOT, SHARED, Results, Spread, Verdict, table, tiny_teacher  # noqa: E402
+from results import ROOT, SHARED, Results, Spread, Verdict, jsonable, table, tiny_teacher  # noqa: E402
 
 from smallsec_ray.data import schema  # noqa: E402
 from smallsec_ray.job import RunResults, run_job  # noqa: E402
@@ -241,18 +241,9 @@ def main() -> None:
             first = first or run
     results = {"recipe": str(SPEC.relative_to(ROOT)), "overrides": extra, "clean_share": args.clean_share,
                "data": data_stats, "runs": rows, "configs": aggregate(rows)}
-    print(markdown(_plain(results)))
-    path = out.write(results, markdown=markdown(_plain(results)), figure=figure(_plain(results)))
+    print(markdown(jsonable(results)))
+    path = out.write(results, markdown=markdown(jsonable(results)), figure=figure(jsonable(results)))
     print(f"results: {path}")
-
-
-def _plain(results: dict) -> dict:
-    """The results as their JSON file holds them (dataclasses as dicts), for the table and plot writers."""
-    import json
-
-    from results import _plain as plain
-
-    return json.loads(json.dumps(results, default=plain))
 
 
 if __name__ == "__main__":

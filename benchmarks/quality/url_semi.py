@@ -1,88 +1,53 @@
 """The semi-supervised experiment on real URLs: does a small student approach its teacher as the share of
-pseudo-labelled rows grows?
+pseudo-labelled rows grows, by more than one training seed differs from the next?
 
-Data: ../shared/data/url in three classes (url_data.py holds every policy: scheme removed, registered-
-domain groups, caps on the crawl, the campaign and IP hosts). Test rows: registered domains found nowhere
-else. The labelled set is small (`--labelled`, of which `--validation` whole domains are the validation
-split); the pool (`--pool`) keeps its labels only as `true_label`, to score pseudo-labels.
+The recipe is jobs/experiments/url-semi.yaml (url_data.py holds every data policy: scheme removed, registered-
+domain groups, caps on the crawl, the campaign and IP hosts). Test rows: registered domains found nowhere else.
+The labelled set is small (--labelled, of which --validation whole domains are the validation split); the pool
+(--pool) keeps its labels only as `true_label`, to score pseudo-labels. Students of a fixed size learn a share
+r of pseudo-labelled rows, three training seeds per point (semi_supervised.repeats); the verdict pairs the
+r = 1 and r = 0 students of each seed (results.Verdict). --presets adds other student sizes, each a run of its
+own that reuses the first run's teacher rounds (reuse_from). A style-only control (logistic regression on the
+URL's form, length, dots, slashes, query and TLD, no characters) shows how much the source style alone
+explains.
 
-One run of the semi_supervised workload with the ~3M-parameter default student, then the same teacher
-rounds (copied stage folders: the tool skips them) with the small preset. Both curves: the published one
-(a fixed training size, share r pseudo-labelled) and the growing one (all labelled rows plus 0, 5k and
-all pool rows). A style-only control (logistic regression on the URL's form, length, dots, slashes, query
-and TLD, no characters) shows how much the source style alone explains.
-
-Students train with the recipe chosen on validation rows by url_student_recipe.py (2 DDP workers x 32 rows,
-lr 1e-3, patience 3); the teacher groups rows by length (bench_teacher_finetune.py). Timings of the last run
-are in benchmarks/RESULTS.md.
-Run:
-    .venv/bin/python benchmarks/quality/url_semi.py
-    .venv/bin/python benchmarks/quality/url_semi.py --quick      # fewer rows and epochs
-    # three students per point (seeds), the points the goals name, ~45 min:
-    .venv/bin/python benchmarks/quality/url_semi.py --repeats 3 --ratios 0,0.5,1 --added none --presets default \
-        --out runs/quality/url-repeats
-Writes runs/quality/url/ and benchmarks/quality/url_semi_results{,_quick,_repeats3}.{json,md,png}.
+    python benchmarks/quality/url_semi.py                              # ~40 min on 2 cores
+    python benchmarks/quality/url_semi.py --smoke                      # tiny rows and models
+    python benchmarks/quality/url_semi.py --presets default,small --set 'semi_supervised.added_rows=[0, 5000, -1]' \\
+        --name url_semi_growing --out runs/quality/url-growing         # both sizes and the growing curve
+Writes benchmarks/quality/url_semi.{json,md,png} (--name: another stem).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import platform
 import re
-import shutil
 import sys
-import time
-from datetime import date
 from pathlib import Path
-
-import numpy as np
-import pandas as pd
-from matplotlib.figure import Figure
-from sklearn.feature_extraction import DictVectorizer
-from sklearn.linear_model import LogisticRegression
-from sklearn.metrics import f1_score, roc_auc_score
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE))
+sys.path[:0] = [str(HERE), str(HERE.parent)]
 
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+from results import ROOT, SHARED, Results, Spread, Verdict, jsonable, table, tiny_teacher  # noqa: E402
+from sklearn.feature_extraction import DictVectorizer  # noqa: E402
+from sklearn.linear_model import LogisticRegression  # noqa: E402
+from sklearn.metrics import f1_score, roc_auc_score  # noqa: E402
 from url_data import CLASSES, write_experiment_shards  # noqa: E402
 
-from smallsec_ray.job import run_job  # noqa: E402
-from smallsec_ray.spec import parse_spec  # noqa: E402
+from smallsec_ray.job import RunResults, run_job  # noqa: E402
+from smallsec_ray.spec import load_spec, parse_override  # noqa: E402
 from smallsec_ray.students.folder import load_model  # noqa: E402
 
-SHARED = HERE.parents[2] / "shared" / "data"
-SHARED_STAGES = ("prepare", "finetune_teacher", "label", "rounds")
-
-
-def job_spec(args: argparse.Namespace, data: Path, out: Path, preset: str, growing: bool) -> dict:
-    return {
-        "name": f"url-semi-{preset}", "workload": "semi_supervised", "artifact": "url", "classes": CLASSES,
-        "positive_class": "phishing",
-        "data": {"labelled": [str(data / "labelled")], "unlabelled": [str(data / "pool")],
-                 "test": [str(data / "test")], "columns": {"split": ["fixed_split"]},
-                 "split": {"validation": 0.0, "test": 0.0, "seed": 0}},
-        "teacher": {"model": "bundled:all-minilm-l6-v2", "max_length": 64,
-                    "finetune": {"epochs": args.teacher_epochs, "batch_size": 32, "learning_rate": args.teacher_lr,
-                                 "schedule": "linear", "warmup": 0.1, "select_by": "auc",
-                                 "early_stopping_patience": 2, "group_by_length": True,
-                                 "scaling": {"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5}}},
-        "labeling": {"replicas": 1, "cpus_per_replica": 1.0, "batch_size": 64},
-        "semi_supervised": {"rounds": args.rounds, "min_gain": 0.002, "round_targets": "soft",
-                            "round_max_rows": args.round_rows, "ratios": args.ratios,
-                            "added_rows": args.added if growing else [], "repeats": args.repeats,
-                            "confidence": 0.0, "balance": args.balance, "targets": "soft"},
-        "student": {"model": "char_cnn", "preset": preset, "max_length": args.student_length},
-        "training": {"epochs": args.epochs, "batch_size": args.batch, "learning_rate": args.lr,
-                     "schedule": "cosine", "warmup": 0.1, "early_stopping_patience": args.patience,
-                     "select_by": "auc", "scaling": {"strategy": "ddp", "workers": args.workers,
-                                                     "cpus_per_worker": 2.0 / args.workers}},
-        "distillation": {"alpha": 0.5, "temperature": args.temperature},
-        "evaluation": {"fprs": [0.01, 0.05], "group_by": ["source", "form"]},
-        "resources": {"num_cpus": 4},
-        "output": str(out),
-    }
+SPEC = ROOT / "jobs" / "experiments" / "url-semi.yaml"
+SMOKE = {  # tiny everything, the same stages and code (the teacher's folder is added in main)
+    "teacher.max_length": 32, "teacher.finetune.epochs": 1, "semi_supervised.rounds": 1,
+    "semi_supervised.ratios": [0.0, 1.0], "semi_supervised.repeats": 1, "training.epochs": 1,
+    "student.max_length": 64,
+}
+SMOKE_SIZES = {"labelled": 300, "validation": 100, "pool": 300, "test": 200}
 
 
 def style_features(url: str) -> dict:
@@ -100,21 +65,11 @@ def style_control(data: Path) -> dict:
     vec = DictVectorizer()
     x, tx = vec.fit_transform(train["text"].map(style_features)), vec.transform(test["text"].map(style_features))
     model = LogisticRegression(max_iter=2000).fit(x, train["label"])
-    probs = model.predict_proba(tx)
-    order = [list(model.classes_).index(c) for c in CLASSES]
-    probs = probs[:, order]
+    probs = model.predict_proba(tx)[:, [list(model.classes_).index(c) for c in CLASSES]]
     y = test["label"].map(CLASSES.index).to_numpy()
+    present = [k for k in range(len(CLASSES)) if 0 < (y == k).sum() < len(y)]
     return {"macro_f1": float(f1_score(y, probs.argmax(1), average="macro")),
-            "auc": float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in range(len(CLASSES))]))}
-
-
-def stage_minutes(run: Path) -> dict[str, float]:
-    """Minutes each stage took when it ran (a stage skipped in this call keeps its first run's time)."""
-    out = {}
-    for manifest in sorted(run.glob("*/manifest.json")):
-        m = json.loads(manifest.read_text())
-        out[m["stage"]] = round(m["seconds"] / 60, 1)
-    return out
+            "auc": float(np.mean([roc_auc_score(y == k, probs[:, k]) for k in present]))}
 
 
 def parameters(folder: Path) -> int:
@@ -128,131 +83,103 @@ def teacher_parameters(folder: Path) -> int:
     return sum(p.numel() for p in AutoModelForSequenceClassification.from_pretrained(folder).parameters())
 
 
-def main() -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--labelled", type=int, default=3600)
-    p.add_argument("--validation", type=int, default=600)
-    p.add_argument("--pool", type=int, default=24000)
-    p.add_argument("--test", type=int, default=6000)
-    p.add_argument("--rounds", type=int, default=2)
-    p.add_argument("--round-rows", type=int, default=1000)
-    p.add_argument("--teacher-epochs", type=int, default=3)
-    p.add_argument("--teacher-lr", type=float, default=1e-4)
-    p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--workers", type=int, default=2, help="student training workers")
-    p.add_argument("--batch", type=int, default=32, help="student rows per step per worker")
-    p.add_argument("--lr", type=float, default=1e-3, help="student peak learning rate")
-    p.add_argument("--patience", type=int, default=3, help="student early stopping patience (epochs)")
-    p.add_argument("--student-length", type=int, default=128, help="characters (94%% of the URLs here fit whole)")
-    p.add_argument("--temperature", type=float, default=2.0)
-    p.add_argument("--balance", default="labelled", choices=["none", "even", "labelled"],
-                   help="semi_supervised.balance: the pool is 7%% malware, the labelled rows 25%%")
-    p.add_argument("--presets", default="default,small")
-    p.add_argument("--ratios", default="0,0.25,0.5,0.75,1", help="the fixed-size curve's shares r")
-    p.add_argument("--added", default=None, help="the growing curve's added pool rows, -1 = all, 'none' = no "
-                   "such curve (default 0,5000,-1; --quick 0,2000,-1)")
-    p.add_argument("--repeats", type=int, default=1, help="students per point, one per training seed: each point "
-                   "gives the mean and range (semi_supervised.repeats)")
-    p.add_argument("--out", type=Path, default=Path("runs/quality/url"))
-    args = p.parse_args()
-    if args.quick:
-        args.labelled, args.validation, args.pool, args.test = 1500, 300, 6000, 2000
-        args.teacher_epochs, args.epochs, args.round_rows = 2, 4, 1000
-    args.ratios = [float(r) for r in args.ratios.split(",")]
-    args.added = ([] if args.added == "none" else [int(n) for n in args.added.split(",")] if args.added
-                  else [0, 2_000 if args.quick else 5_000, -1])
-    suffix = ("_quick" if args.quick else "") + (f"_repeats{args.repeats}" if args.repeats > 1 else "")
-    started = time.time()
-    data = args.out / "data"
-    sizes = write_experiment_shards(SHARED, data, args.labelled, args.validation, args.pool, args.test)
-    print(f"data: {sizes}", flush=True)
-    style = style_control(data)
-    print(f"style-only control: {style}", flush=True)
-
-    runs, timings = {}, {}
-    presets = args.presets.split(",")
-    for i, preset in enumerate(presets):
-        out = args.out / f"run-{preset}"
-        if i > 0:  # the same teacher rounds: copy their stage folders, the tool skips them
-            for stage in SHARED_STAGES:
-                if not (out / stage).exists():
-                    shutil.copytree(args.out / f"run-{presets[0]}" / stage, out / stage)
-        t0 = time.time()
-        # The growing curve for the first preset only: on 2 cores its largest student alone takes ~20 min.
-        run_job(parse_spec(job_spec(args, data, out, preset, growing=i == 0), f"url-semi-{preset}"))
-        timings[preset] = round(time.time() - t0, 1)
-        runs[preset] = json.loads((out / "report.json").read_text())
-
-    first = runs[presets[0]]
-    extra = first["extra"]
-    models = {m["name"]: m for m in first["models"]}
-    best = f"teacher round {extra['best_round']}"
-    teacher_dir = args.out / f"run-{presets[0]}" / extra["rounds"][extra["best_round"] - 1]["teachers"][0]
-    results = {
-        "command": "python " + " ".join(["benchmarks/quality/url_semi.py", *sys.argv[1:]]),
-        "date": date.today().isoformat(), "machine": f"{platform.machine()}, {platform.python_version()}",
-        "minutes_this_call": round((time.time() - started) / 60, 1), "job_seconds_this_call": timings,
-        "stage_minutes": {preset: stage_minutes(args.out / f"run-{preset}") for preset in presets}, "data": sizes,
-        "style_only_control": style,
-        "teacher": {"rounds": extra["rounds"], "best_round": extra["best_round"], "stopped": extra["rounds_stopped"],
-                    "pseudo_label_accuracy": extra["pseudo_label_accuracy"],
-                    "test": {name: m["by_class"] for name, m in models.items() if name.startswith("teacher")},
-                    "parameters": teacher_parameters(teacher_dir)},
-        "linear_reference_labelled": models.get("linear reference (labelled rows)", {}).get("by_class"),
-        "presets": {},
-    }
-    for preset, report in runs.items():
-        ms = {m["name"]: m for m in report["models"]}
-        run_dir = args.out / f"run-{preset}"
-        some_student = next(m for m in json.loads((run_dir / "train_students" / "manifest.json").read_text())
-                            ["result"]["points"])
-        results["presets"][preset] = {
-            "parameters": parameters(run_dir / some_student["model"]["model_dir"]),
-            "curves": report["extra"]["curves"], "gap_closed": report["extra"]["gap_closed"],
-            "by_source_form": {name: {col: {v: {"n": g["n"], "auc_phishing": g["roc_auc"]} for v, g in groups.items()}
-                                      for col, groups in ms[name]["groups"].items()}
-                               for name in ms if name.startswith("student r=") or name == best},
-        }
-    name = f"url_semi_results{suffix}"
-    (HERE / f"{name}.json").write_text(json.dumps(results, indent=2) + "\n")
-    plot(results, HERE / f"{name}.png")
-    (HERE / f"{name}.md").write_text(markdown(results, name))
-    print((HERE / f"{name}.md").read_text())
-    return 0
+def teacher_figures(results: RunResults) -> dict:
+    """The teacher rounds (the same in every preset's run): validation, test, pseudo-label accuracy."""
+    rounds, report = results["rounds"], results["evaluate"]
+    chosen = rounds.chosen.teachers.members[0].model
+    return {"rounds": [{"round": r.round, "validation": r.validation, "gain": r.gain,
+                        "pool_rows_used": r.pool_rows_used} for r in rounds.rounds],
+            "best_round": rounds.best, "stopped": rounds.stopped,
+            "test": {name: m.by_class for name, m in report.models.items() if name.startswith("teacher")},
+            "pseudo_label_accuracy": report.pseudo_label_accuracy,
+            "parameters": teacher_parameters(Path(results.location(chosen)))}
 
 
-def plot(results: dict, path: Path) -> None:
-    fig = Figure(figsize=(11, 7.5))
-    axes = fig.subplots(2, 2)
+def student_figures(results: RunResults) -> dict:
+    """One preset's students: the curves (mean, range, every seed), the gap closed, and the paired verdict of
+    the largest share r against r = 0."""
+    report, points = results["evaluate"], results["train_students"].points
+    fixed = sorted((c for c in report.curves if c["curve"] == "fixed"), key=lambda c: c["x"])
+    verdicts = {}
+    if len(fixed) > 1 and fixed[0]["x"] == 0:
+        low, high = ({r["seed"]: r for r in c["runs"]} for c in (fixed[0], fixed[-1]))
+        seeds = sorted(set(low) & set(high))
+        verdicts = {metric: Verdict.of([high[s][metric] for s in seeds], [low[s][metric] for s in seeds])
+                    for metric in ("macro_f1", "auc")}
+    linear = report.models.get("linear reference (labelled rows)")
+    return {"parameters": parameters(Path(results.location(points[0].model.model_dir))),
+            "curves": report.curves, "gap_closed": report.gap_closed, "verdicts": verdicts,
+            "largest_r": fixed[-1]["x"] if fixed else None,
+            "linear_reference_labelled": linear.by_class if linear else None}
+
+
+def markdown(results: dict) -> str:
+    """The experiment's tables, from a results file's figures (benchmarks/tables.py calls this too)."""
+    teacher = results["teacher"]
+    rows = [[name, f"{teacher['parameters']:,}", "", "", "", f"{m['macro_f1']:.4f}", f"{m['roc_auc_macro']:.4f}"]
+            for name, m in teacher["test"].items()]
+    for preset, r in results["presets"].items():
+        for c in r["curves"]:
+            rows.append([f"student {preset}", f"{r['parameters']:,}", c["point"], f"{c['labelled_rows']:,}",
+                         f"{c['pseudo_rows']:,}", _curve_value(c, "macro_f1"), _curve_value(c, "auc")])
+    first = next(iter(results["presets"].values()))
+    if first["linear_reference_labelled"]:
+        ref = first["linear_reference_labelled"]
+        rows.append(["linear, labelled rows", "", "", "", "", f"{ref['macro_f1']:.4f}", f"{ref['roc_auc_macro']:.4f}"])
+    s = results["style_only_control"]
+    rows.append(["style-only control", "", "", "", "", f"{s['macro_f1']:.4f}", f"{s['auc']:.4f}"])
+    seeds = max((len(c["runs"]) for r in results["presets"].values() for c in r["curves"]), default=1)
+    lines = [f"Students: mean [min, max] over {seeds} training seeds per point (the same rows).", "",
+             table(["model", "params", "point", "labelled", "pseudo", "macro-F1", "AUC"], rows, right=(1, 3, 4, 5, 6))]
+    for preset, r in results["presets"].items():
+        gap = r["gap_closed"]
+        verdict = "; ".join(f"{metric}: **{v['outcome']}** ({Spread(**v['differences']).mean:+.4f}; per seed "
+                            + ", ".join(f"{d:+.4f}" for d in v["differences"]["values"]) + ")"
+                            for metric, v in r["verdicts"].items())
+        lines += [f"Student {preset}, r = {r['largest_r']:g} against r = 0, paired by seed: {verdict or 'n/a'}. "
+                  f"Gap to the best teacher round closed (between means): {_pct(gap['macro_f1'])} of macro-F1, "
+                  f"{_pct(gap['auc'])} of AUC.", ""]
+    lines += ["Pseudo-label accuracy per round: " + "; ".join(
+        f"round {a['round']}: {a.get('accuracy', float('nan')):.4f} ({a['rows_with_true_label']:,} rows)"
+        for a in teacher["pseudo_label_accuracy"]) + f". Rounds: {teacher['stopped']}; best round "
+        f"{teacher['best_round']}.", ""]
+    return "\n".join(lines)
+
+
+def _curve_value(c: dict, metric: str) -> str:
+    span = c.get(f"{metric}_range")
+    if len(c.get("runs", [])) < 2 or not span:
+        return f"{c[metric]:.4f}"
+    return f"{c[metric]:.4f} [{span[0]:.4f}, {span[1]:.4f}]"
+
+
+def _pct(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.0%}"
+
+
+def figure(results: dict) -> Any:
+    from matplotlib.figure import Figure
+
+    growing = any(c["curve"] == "growing" for r in results["presets"].values() for c in r["curves"])
+    curves = ("fixed", "growing") if growing else ("fixed",)
+    fig = Figure(figsize=(5.5 * len(curves), 7.5))
+    axes = fig.subplots(2, len(curves), squeeze=False)
     teachers = results["teacher"]["test"]
     for row, (metric, key, title) in enumerate((("macro_f1", "macro_f1", "macro-F1"),
                                                  ("auc", "roc_auc_macro", "ROC AUC (one-vs-rest, macro)"))):
-        for col, curve in enumerate(("fixed", "growing")):
+        for col, curve in enumerate(curves):
             ax = axes[row][col]
             for k, (preset, r) in enumerate(results["presets"].items()):
                 pts = sorted((c for c in r["curves"] if c["curve"] == curve), key=lambda c: c["x"])
-                seeds = max((len(c.get("runs", [])) for c in pts), default=1)
                 ax.plot([c["x"] for c in pts], [c[metric] for c in pts], marker="o", color=f"C{k}",
-                        label=f"student {preset} ({r['parameters'] / 1e6:.2f}M)"
-                        + (f", mean of {seeds} seeds" if seeds > 1 else ""))
-                if seeds > 1:
-                    ax.scatter([c["x"] for c in pts for _ in c["runs"]], [s[metric] for c in pts for s in c["runs"]],
-                               s=12, color=f"C{k}", alpha=0.45)
+                        label=f"student {preset} ({r['parameters'] / 1e6:.2f}M), mean over seeds")
+                ax.scatter([c["x"] for c in pts for _ in c["runs"]], [s[metric] for c in pts for s in c["runs"]],
+                           s=12, color=f"C{k}", alpha=0.45)
             for k, (name, m) in enumerate(teachers.items()):
                 ax.axhline(m[key], color=f"C{k + 3}", linestyle="--",
                            label=f"{name} ({results['teacher']['parameters'] / 1e6:.1f}M)")
-            ref = results.get("linear_reference_labelled")
-            if ref:
-                ax.axhline(ref[key], color="grey", linestyle=":", label="linear, labelled rows")
             ax.axhline(results["style_only_control"][metric], color="black", linestyle="-.", linewidth=0.8,
                        label="style-only control")
-            if curve == "growing":
-                ax.set_xscale("symlog", linthresh=1000)
-                xs = sorted({c["x"] for r in results["presets"].values() for c in r["curves"]
-                             if c["curve"] == "growing"})
-                ax.set_xticks(xs, [f"{x / 1000:.0f}k" if x else "0" for x in xs])
-                ax.minorticks_off()
             ax.set_xlabel("share r of pseudo-labelled rows (fixed size)" if curve == "fixed"
                           else "pseudo-labelled rows added to the labelled rows")
             ax.set_ylabel(title)
@@ -261,47 +188,54 @@ def plot(results: dict, path: Path) -> None:
                 ax.legend(fontsize=7)
     fig.suptitle("URLs, 3 classes, test domains unseen in training", fontsize=11)
     fig.tight_layout()
-    fig.savefig(path)
+    return fig
 
 
-def markdown(results: dict, name: str) -> str:
-    lines = [f"# URL semi-supervised experiment ({results['date']})", "",
-             f"`{results['command']}`; stage minutes {results['stage_minutes']}; data {results['data']}", "",
-             "| model | params | point | labelled | pseudo | macro-F1 | AUC |", "|---|---:|---|---:|---:|---:|---:|"]
-    for tname, m in results["teacher"]["test"].items():
-        lines.append(f"| {tname} | {results['teacher']['parameters']:,} | | | | {m['macro_f1']:.4f} | "
-                     f"{m['roc_auc_macro']:.4f} |")
-    for preset, r in results["presets"].items():
-        for c in r["curves"]:
-            lines.append(f"| student {preset} | {r['parameters']:,} | {c['point']} | {c['labelled_rows']:,} | "
-                         f"{c['pseudo_rows']:,} | {_spread(c, 'macro_f1')} | {_spread(c, 'auc')} |")
-    ref = results.get("linear_reference_labelled")
-    if ref:
-        lines.append(f"| linear, labelled rows | | | | | {ref['macro_f1']:.4f} | {ref['roc_auc_macro']:.4f} |")
-    s = results["style_only_control"]
-    lines.append(f"| style-only control | | | | | {s['macro_f1']:.4f} | {s['auc']:.4f} |")
-    lines += ["", "Gap closed (r = 1 vs r = 0, against the best teacher round): "
-              + "; ".join(f"{p}: {_pct(r['gap_closed']['macro_f1'])} macro-F1, {_pct(r['gap_closed']['auc'])} AUC"
-                          for p, r in results["presets"].items()), "",
-              "Pseudo-label accuracy per round: "
-              + "; ".join(f"round {a['round']}: {a.get('accuracy', float('nan')):.4f} (macro-F1 "
-                          f"{a.get('macro_f1', float('nan')):.4f}, {a['rows_with_true_label']:,} rows)"
-                          for a in results["teacher"]["pseudo_label_accuracy"]), "",
-              f"Rounds: {results['teacher']['stopped']}; best round {results['teacher']['best_round']}.", "",
-              f"![curves]({name}.png)"]
-    return "\n".join(lines) + "\n"
-
-
-def _spread(c: dict, metric: str) -> str:
-    """The mean, and with several seeds the lowest and highest student."""
-    span = c.get(f"{metric}_range")
-    if len(c.get("runs", [])) < 2 or not span:
-        return f"{c[metric]:.4f}"
-    return f"{c[metric]:.4f} ({span[0]:.4f}-{span[1]:.4f})"
-
-
-def _pct(v: float | None) -> str:
-    return "n/a" if v is None else f"{v:.0%}"
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--labelled", type=int, default=3600)
+    p.add_argument("--validation", type=int, default=600)
+    p.add_argument("--pool", type=int, default=24000)
+    p.add_argument("--test", type=int, default=6000)
+    p.add_argument("--presets", default="default", help="student presets, comma-separated: the first runs the "
+                   "teacher rounds, the others reuse them")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a key of the recipe in every run (a lever)")
+    p.add_argument("--out", type=Path, default=Path("runs/quality/url"))
+    p.add_argument("--name", default="url_semi", help="results file stem")
+    p.add_argument("--smoke", action="store_true", help="tiny rows and models: checks that the recipe runs "
+                   "(results go to a temporary folder)")
+    args = p.parse_args()
+    out = Results(args.name, smoke=args.smoke)
+    base = (out.folder / "runs" if args.smoke else args.out).resolve()
+    sizes = {"labelled": args.labelled, "validation": args.validation, "pool": args.pool, "test": args.test}
+    extra = dict(parse_override(text) for text in args.set)
+    presets = args.presets.split(",")
+    if args.smoke:
+        sizes, presets = SMOKE_SIZES, ["tiny"]
+        extra = {**SMOKE, "teacher.model": str(tiny_teacher(base / "tiny-teacher", CLASSES)), **extra}
+    data = base / "data"
+    counts = write_experiment_shards(SHARED, data, sizes["labelled"], sizes["validation"], sizes["pool"],
+                                     sizes["test"])
+    style = style_control(data)
+    print(f"data: {counts}; style-only control: {style}", flush=True)
+    figures: dict[str, Any] = {"recipe": str(SPEC.relative_to(ROOT)), "overrides": extra, "sizes": sizes,
+                               "data": counts, "style_only_control": style, "presets": {}}
+    first = None
+    for preset in presets:
+        run = base / f"run-{preset}"
+        spec = load_spec(SPEC, {"name": f"url-semi-{preset}", "data.labelled": [str(data / "labelled")],
+                                "data.unlabelled": [str(data / "pool")], "data.test": [str(data / "test")],
+                                "student.preset": preset, "output": str(run),
+                                "reuse_from": [str(first)] if first else [], **extra})
+        results = run_job(spec)
+        figures["teacher"] = figures.get("teacher") or teacher_figures(results)
+        figures["presets"][preset] = student_figures(results)
+        first = first or run
+    figures = jsonable(figures)
+    print(markdown(figures))
+    print(f"results: {out.write(figures, markdown=markdown(figures), figure=figure(figures))}")
+    return 0
 
 
 if __name__ == "__main__":

@@ -21,12 +21,11 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
 import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -55,8 +54,6 @@ from smallsec_ray.training.loss import distillation_loss
 CHECKPOINTS_DIR, METRICS_FILE, PROGRESS_FILE = "checkpoints", "metrics.json", "progress.json"
 TRAINED_FILES = "trained-rows.rank-{rank}.npy"  # in a checkpoint: keys of the rows its epoch has trained on
 ROW_KEYS = "row_keys"  # in an encoded batch: the rows' keys (when the rows have ids)
-DRILL_WAIT_S = 5.0
-DRILL_HANG_S = 120.0  # a drill waiting for its node to be taken away gives up (and exits) after this
 SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) each
 
 
@@ -219,8 +216,8 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             sums[1] += rows
             if ROW_KEYS in batch:
                 mine.append(batch[ROW_KEYS].cpu().numpy())
-            trace_step(config, rank, progress, resumed_at_step, batch)
-            fail_once_at_step(config, progress.global_step)
+            for callback in config["callbacks"]:
+                callback(progress, resumed_at_step, batch)
             if training.checkpoint_every_steps and progress.global_step % training.checkpoint_every_steps == 0:
                 metrics = validate(engine, task, encode, val_rows, training)
                 save_and_report(engine, task, progress, metrics, training,
@@ -419,37 +416,12 @@ def save_and_report(engine: Any, task: Task, progress: Progress, metrics: dict[s
         ray.train.report(report, checkpoint=Checkpoint.from_directory(tmp) if has_files else None)
 
 
-def fail_once_at_step(config: dict[str, Any], step: int) -> None:
-    """Fault drill: the last rank dies at `fail_once_at_step`, once (a marker file remembers it), so that
-    tests and operators can watch a run restart from its last checkpoint. With "hang": true it stops instead
-    and waits for the drill to take its node away (node loss); the marker (JSON) names the node."""
-    drill = config.get("fail_once_at_step")
-    if not drill or step != drill["step"]:
-        return
-    context = ray.train.get_context()
-    marker = Path(drill["marker"])
-    if context.get_world_rank() == context.get_world_size() - 1 and not marker.exists():
-        # Ray Train collects reports when it polls the workers (every 2 s): a worker that dies sooner
-        # after a report can take that checkpoint with it. Wait, as a crash later in a long epoch would.
-        time.sleep(DRILL_WAIT_S)
-        marker.write_text(json.dumps({"rank": context.get_world_rank(), "step": step,
-                                      "node": ray.get_runtime_context().get_node_id()}))
-        if drill.get("hang"):
-            time.sleep(DRILL_HANG_S)
-        os._exit(1)
+class StepCallback(Protocol):
+    """Called by every rank after each optimizer step, in the worker (where ray.train.get_context() works): what
+    a caller adds to the loop without changing it, e.g. the fault drills of the tests (tests/drills.py). It must
+    pickle (Ray sends it to the workers)."""
 
-
-def trace_step(config: dict[str, Any], rank: int, progress: Progress, resumed_at_step: int,
-               batch: dict[str, torch.Tensor]) -> None:
-    """Fault drill: with a "trace" folder, each rank appends the keys of the rows every step trained on to
-    rank-R.jsonl there, so that a test can check that each row was trained on once per epoch."""
-    drill = config.get("fail_once_at_step")
-    if not drill or not drill.get("trace") or ROW_KEYS not in batch:
-        return
-    line = {"epoch": progress.epoch, "step": progress.global_step, "resumed_at_step": resumed_at_step,
-            "keys": batch[ROW_KEYS].cpu().tolist()}
-    with open(Path(drill["trace"]) / f"rank-{rank}.jsonl", "a") as f:
-        f.write(json.dumps(line) + "\n")
+    def __call__(self, progress: Progress, resumed_at_step: int, batch: dict[str, torch.Tensor]) -> None: ...
 
 
 @dataclass
@@ -471,7 +443,7 @@ def storage_name(name: str) -> str:
 
 
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
-        drill: dict[str, Any] | None = None, seed: int = 0, store_dir: str | None = None) -> TrainedModel:
+        callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None) -> TrainedModel:
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model
     (a local folder). The checkpoints go to `store_dir`/checkpoints: out_dir's place in the run's output
     (a shared path or an object-store URI that every worker writes to; default out_dir). `seed` tells apart
@@ -504,7 +476,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "fit": training, "total_steps": steps_per_epoch * training.epochs,
-                           "name": name, "relay": console.relay(), "fail_once_at_step": drill, "seed": seed},
+                           "name": name, "relay": console.relay(), "callbacks": list(callbacks), "seed": seed},
         scaling_config=ScalingConfig(num_workers=scaling.workers, use_gpu=use_gpu, resources_per_worker=resources),
         run_config=RunConfig(
             name=storage_name(name), storage_path=checkpoints,
@@ -541,12 +513,11 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
 def train_student(training: FitSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
                   out_dir: str | Path, distillation: DistillationSpec | None = None,
                   lineage: Lineage | None = None, name: str = "train_student",
-                  drill: dict[str, Any] | None = None, seed: int = 0, store_dir: str | None = None) -> TrainedModel:
+                  callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None) -> TrainedModel:
     """Trains a student on `train_ds` (columns text, label, and probs when `distillation` is given; weight
     optional), picking the best epoch on `val_ds`. With student.init_from, training continues from that
     model folder (trained or shipped): its weights, architecture and encoder, e.g. a production model
-    given new rows. `drill` ({"step": N, "marker": path}) kills the last worker once at step N (fault
-    drills, tests)."""
+    given new rows. `callbacks` run in every worker after each step (StepCallback: the tests' fault drills)."""
     lineage = lineage or Lineage()
     if student.init_from:
         model, _encoder, parent = load_model(student.init_from)
@@ -560,4 +531,5 @@ def train_student(training: FitSpec, student: StudentSpec, classes: list[str], t
         model, encoder = build_student(student.model, student.preset, len(classes), student.max_length)
         config = ModelConfig(student_config(model), encoder.config(), list(classes), lineage)
         task = StudentTask(config, distillation)
-    return fit(task, training, train_ds, val_ds, out_dir, name=name, drill=drill, seed=seed, store_dir=store_dir)
+    return fit(task, training, train_ds, val_ds, out_dir, name=name, callbacks=callbacks, seed=seed,
+               store_dir=store_dir)

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import pyarrow as pa
@@ -27,7 +27,7 @@ from pydantic import TypeAdapter
 
 from smallsec_ray import storage
 from smallsec_ray.data import schema
-from smallsec_ray.evaluation import ModelReport, class_metrics, evaluate_model
+from smallsec_ray.evaluation import ModelMetrics, ModelReport, class_metrics, evaluate_model
 from smallsec_ray.prepare import PreparedData, run_prepare
 from smallsec_ray.reference import fit_linear_reference
 from smallsec_ray.report import save_plot, write_report
@@ -358,6 +358,9 @@ class SemiReport:
     summary: str  # one sentence: how close the students came to the teacher
     gap_closed: dict[str, float | None]  # metric -> share of the teacher-minus-r=0 gap the largest r closed
     test_rows: int
+    models: dict[str, ModelMetrics] = field(default_factory=dict)  # every teacher round, student, reference
+    curves: list[dict] = field(default_factory=list)  # per point: its students' mean, range and own figures
+    pseudo_label_accuracy: list[dict] = field(default_factory=list)  # per round, where the pool has true labels
 
 
 def run_evaluate(ctx: StageContext, data: PreparedData, rounds: Rounds, students: Students,
@@ -417,7 +420,9 @@ def run_evaluate(ctx: StageContext, data: PreparedData, rounds: Rounds, students
            "positive_class": spec.positive_class, "resolved_spec": "spec.resolved.json"}
     json_path, md_path = write_report(ctx.run_dir, job, stages, list(reports.values()), [], None, extra, sections)
     return SemiReport(report_json=ctx.relative(json_path), report_md=ctx.relative(md_path), summary=summary,
-                      gap_closed=gap, test_rows=test.num_rows)
+                      gap_closed=gap, test_rows=test.num_rows,
+                      models={name: r.metrics() for name, r in reports.items()}, curves=curves,
+                      pseudo_label_accuracy=accuracy)
 
 
 def _in_order(table: pa.Table, like: pa.Table) -> pa.Table:
