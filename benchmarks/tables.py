@@ -30,44 +30,42 @@ EXPERIMENTS = {"cmdline_distill": "cmdline_distill", "html_synthetic": "html_syn
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results: (?P=name) -->)", re.DOTALL)
 
 
-def render(name: str) -> str:
-    """The block's body: how the figures were made, the tables, the plot."""
+def render(name: str, folder: Path = HERE) -> str:
+    """The block's body: how the figures were made, the tables, the plot (`folder` holds quality/NAME.json)."""
     if name not in EXPERIMENTS:
         raise SystemExit(f"{RESULTS_MD.name}: block {name!r} names no experiment; known: {', '.join(EXPERIMENTS)}")
-    path = HERE / "quality" / f"{name}.json"
+    path = folder / "quality" / f"{name}.json"
     if not path.is_file():
-        raise SystemExit(f"{RESULTS_MD.name}: block {name!r} needs {path.relative_to(HERE.parent)}; run its "
-                         "experiment first (its command is in the block)")
+        raise SystemExit(f"{RESULTS_MD.name}: block {name!r} needs quality/{name}.json; run its experiment first "
+                         "(its command is in the block)")
     prov, figures = read(path)
     image = f"\n![{name}](quality/{name}.png)\n" if path.with_suffix(".png").is_file() else ""
     return provenance_lines(prov) + "\n" + importlib.import_module(EXPERIMENTS[name]).markdown(figures) + image
 
 
-def regenerate(text: str) -> str:
-    def block(m: re.Match) -> str:
-        return m.group(1) + render(m.group("name")) + m.group(4)
-
-    return BLOCK.sub(block, text)
+def regenerate(text: str, folder: Path = HERE) -> str:
+    """`text` (RESULTS.md) with every block made again from its results file."""
+    return BLOCK.sub(lambda m: m.group(1) + render(m.group("name"), folder) + m.group(4), text)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None, results_md: Path = RESULTS_MD) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true", help="compare only; exit 1 where a block is stale")
-    args = parser.parse_args()
-    text = RESULTS_MD.read_text()
+    args = parser.parse_args(argv)
+    text = results_md.read_text()
     names = [m.group("name") for m in BLOCK.finditer(text)]
-    new = regenerate(text)
+    new = regenerate(text, results_md.parent)
     if not args.check:
-        RESULTS_MD.write_text(new)
-        print(f"{RESULTS_MD}: {len(names)} block(s) written from their results files: {', '.join(names)}")
+        results_md.write_text(new)
+        print(f"{results_md}: {len(names)} block(s) written from their results files: {', '.join(names)}")
         return 0
     if new != text:
-        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), "RESULTS.md", "from the results files",
+        diff = difflib.unified_diff(text.splitlines(), new.splitlines(), results_md.name, "from the results files",
                                     lineterm="", n=1)
         print("\n".join(list(diff)[:60]))
-        print(f"{RESULTS_MD}: tables differ from the results files; run `python benchmarks/tables.py`")
+        print(f"{results_md}: tables differ from the results files; run `python benchmarks/tables.py`")
         return 1
-    print(f"{RESULTS_MD}: {len(names)} block(s) match their results files")
+    print(f"{results_md}: {len(names)} block(s) match their results files")
     return 0
 
 

@@ -108,7 +108,7 @@ class StageContext:
         if storage.is_uri(relative) or os.path.isabs(relative):
             return relative
         joined = storage.join(self.store_root or str(self.run_dir), relative)
-        return os.path.normpath(joined) if relative.startswith("..") and not storage.is_uri(joined) else joined
+        return storage.normalise(joined) if relative.startswith("..") else joined
 
     def path(self, relative: str) -> Path:
         """A path from a stage result as a local path (a model folder, a report), fetched from the output if
