@@ -18,7 +18,8 @@ from smallsec_ray.job import read_results
 from smallsec_ray.students.folder import read_config
 from smallsec_ray.workloads.distill import STAGES as DISTILL
 
-pytestmark = pytest.mark.timeout(3600)  # generous: a loaded 2-core machine is several times slower
+# End to end: minutes; `make test-slow` (and .ci/run) runs it, `make test` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # generous: a loaded 2-core machine is several times slower
 
 RAY_INTERNALS = ("PlacementGroupCleaner", "TrainingReport", "core_worker", "SplitCoordinator", "RayTrainWorker",
                  "(raylet)", "Traceback")

@@ -32,7 +32,7 @@ from drills import FailOnce, Trace
 
 from smallsec_ray.data.schema import ID, LABEL, PROBS, TEXT
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]  # multi-node: `make test-slow`
 
 TEACHER_NODE, TRAINER_NODE = "teacher_node", "trainer_node"
 

@@ -77,6 +77,7 @@ def test_reads_retry_transient_errors():
         storage.with_retries("reading y", lambda: (_ for _ in ()).throw(FileNotFoundError("y")))
 
 
+@pytest.mark.slow  # a whole job: `make test-slow`
 def test_a_distill_job_runs_unchanged_with_its_output_on_s3(s3, tmp_path, tiny_classifier):
     data = tmp_path / "data"
     write_demo_data(data, seed=2, scale=0.08)
@@ -150,6 +151,7 @@ def test_local_output_layout_is_unchanged(tmp_path):
     assert storage.join(folder.store, "prepare", "x.parquet") == str(Path(folder.store) / "prepare" / "x.parquet")
 
 
+@pytest.mark.slow  # a whole job: `make test-slow`
 def test_submit_to_a_two_node_cluster_writes_the_run_to_s3(s3, tmp_path, tiny_classifier, monkeypatch, capsys):
     """`smallsec submit` to a head and a worker node on this machine; the teacher replica may only run on the
     worker (a custom resource), so its shards reach S3 from another node than the job's driver."""

@@ -136,6 +136,7 @@ def ray_head(tmp_path_factory):
     yield from start_head(tmp_path_factory.mktemp("rayhead"), {"RAY_AUTH_MODE": "disabled"})
 
 
+@pytest.mark.slow  # a job on a cluster started here: `make test-slow`
 def test_submit_runs_the_job_on_the_cluster(ray_head, tmp_path, shared_data, capsys, monkeypatch):
     out = tmp_path / "run"
     spec = {"name": "submitted", "workload": "distill", "artifact": "cmdline",
@@ -176,6 +177,7 @@ def submit_shipped_until_prepare(name: str, defaults: dict, tmp_path, ray_head, 
     return printed
 
 
+@pytest.mark.slow  # a job on a cluster started here: `make test-slow`
 def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_path, shared_data, tiny_classifier,
                                                                  capsys, monkeypatch):
     """jobs/cluster/semi_supervised.yaml as shipped, its ${...} defaults pointed at local files (the Ray job
@@ -201,6 +203,7 @@ def test_the_cluster_semi_supervised_spec_is_submitted_as_shipped(ray_head, tmp_
     assert parts["unlabelled"]["rows"]["rows_out"] == 60 and parts["unlabelled"]["by_split"] == {"train": 60}
 
 
+@pytest.mark.slow  # a job on a cluster started here: `make test-slow`
 def test_the_cluster_synthetic_spec_is_submitted_as_shipped(ray_head, tmp_path, shared_data, tiny_causal_lm, capsys,
                                                             monkeypatch):
     """jobs/cluster/synthetic.yaml as shipped, its ${...} defaults pointed at local files (real pages, a tiny
@@ -307,6 +310,7 @@ def test_submit_takes_ray_address_and_says_in_one_line_when_it_cannot_reach_it(t
     assert line.startswith("error: cannot reach a Ray cluster's dashboard at http://127.0.0.1:")
 
 
+@pytest.mark.slow  # a job on a cluster started here: `make test-slow`
 def test_submit_to_a_cluster_with_token_authentication_needs_its_token(tmp_path):
     token = tmp_path / "auth_token"
     token.write_text("smallsec-test-token-0123456789abcdef")

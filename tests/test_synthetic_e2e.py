@@ -15,7 +15,8 @@ import yaml
 
 from smallsec_ray.cli import main
 
-pytestmark = pytest.mark.timeout(3600)  # generous: a loaded 2-core machine is several times slower
+# End to end: minutes; `make test-slow` (and .ci/run) runs it, `make test` does not.
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(3600)]  # generous: a loaded 2-core machine is several times slower
 
 
 def html_rows(shared_data: Path) -> pd.DataFrame:
