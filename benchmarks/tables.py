@@ -24,9 +24,9 @@ sys.path[:0] = [str(HERE), str(HERE / "quality")]
 from results import provenance_lines, read  # noqa: E402
 
 RESULTS_MD = HERE / "RESULTS.md"
-# block name -> the script (module) whose markdown() renders it from quality/NAME.json
-EXPERIMENTS = {"cmdline_distill": "cmdline_distill", "html_synthetic": "html_synthetic",
-               "html_synthetic_levers": "html_synthetic_levers", "url_semi": "url_semi"}
+# block name -> (the script, its function) that renders the block from quality/NAME.json
+EXPERIMENTS = {"cmdline_distill": ("cmdline_distill", "markdown"), "html_synthetic": ("html_synthetic", "markdown"),
+               "html_synthetic_levers": ("html_synthetic", "levers_markdown"), "url_semi": ("url_semi", "markdown")}
 BLOCK = re.compile(r"(<!-- results: (?P<name>[\w.-]+) -->\n)(?P<body>.*?)(<!-- /results: (?P=name) -->)", re.DOTALL)
 
 
@@ -40,7 +40,8 @@ def render(name: str, folder: Path = HERE) -> str:
                          "(its command is in the block)")
     prov, figures = read(path)
     image = f"\n![{name}](quality/{name}.png)\n" if path.with_suffix(".png").is_file() else ""
-    return provenance_lines(prov) + "\n" + importlib.import_module(EXPERIMENTS[name]).markdown(figures) + image
+    module, function = EXPERIMENTS[name]
+    return provenance_lines(prov) + "\n" + getattr(importlib.import_module(module), function)(figures) + image
 
 
 def regenerate(text: str, folder: Path = HERE) -> str:

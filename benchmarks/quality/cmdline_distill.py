@@ -219,7 +219,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny rows and models, two configurations, two "
                         "repeats: checks that the recipe runs (results go to a temporary folder)")
     args = parser.parse_args()
-    out = Results(args.name, smoke=args.smoke)
+    out = Results(args.name, folder=HERE, smoke=args.smoke)
     base = (out.folder / "runs" if args.smoke else args.out).resolve()
     extra = dict(parse_override(text) for text in args.set)
     configs, repeats, scale = args.configs, args.repeats, 1.0

@@ -19,10 +19,16 @@ seed moves the same way and the mean change is larger than its spread.
 
     python benchmarks/quality/html_synthetic.py                 # ~30 min on 2 cores, most of it generation
     python benchmarks/quality/html_synthetic.py --smoke         # tiny pages, models and generator
-    python benchmarks/quality/html_synthetic.py --set synthetic.row_weight=0.3 --name html_lever_weight0.3 \\
-        --out runs/quality/html-levers                          # a lever (choose levers on validation rows:
-                                                                # html_synthetic_levers.py)
-Writes benchmarks/quality/html_synthetic.{json,md,png} (--name: another stem).
+    python benchmarks/quality/html_synthetic.py --levers        # then every lever recipe, on validation rows
+    python benchmarks/quality/html_synthetic.py --levers weight0.3 counterparts-labels-weight1
+Writes benchmarks/quality/html_synthetic.{json,md,png} (--name: another stem), and with --levers
+html_synthetic_levers.{json,md}.
+
+Levers of the further training are chosen on validation rows only: each recipe of RECIPES is a few overrides
+(learning rate and epochs, what the replayed pages teach, a synthetic page's weight, counterparts) on the spec of
+the first run (V1, seed 0), whose production model and pages it reuses; production and each new model are scored
+on the real validation pages (the gate's metrics, on rows the gate never sees) and on the held-out families'
+generated pages. Test rows are not read.
 """
 
 from __future__ import annotations
@@ -41,8 +47,11 @@ import pyarrow.parquet as pq  # noqa: E402
 from html_data import write_experiment_shards  # noqa: E402
 from results import ROOT, SHARED, Results, Spread, Verdict, jsonable, table, tiny_generator  # noqa: E402
 
-from smallsec_ray.job import RunResults, run_job  # noqa: E402
-from smallsec_ray.spec import load_spec, parse_override  # noqa: E402
+from smallsec_ray.data import schema  # noqa: E402
+from smallsec_ray.evaluation import class_metrics  # noqa: E402
+from smallsec_ray.job import RunResults, read_results, run_job  # noqa: E402
+from smallsec_ray.spec import load_spec, parse_override, parse_spec, with_overrides  # noqa: E402
+from smallsec_ray.workloads.common import read_rows, score_student, strings  # noqa: E402
 
 SPEC = ROOT / "jobs" / "experiments" / "html-synthetic.yaml"
 VERSIONS = {"V1": ["jewels", "tea", "curtains", "perfumes", "sunglasses"], "V2": ["jewels"]}
@@ -57,6 +66,22 @@ SMOKE = {  # tiny everything, the same stages and code (the generator's folder i
     "synthetic.holdout_layouts": ["social_login/modal"], "synthetic.layouts": ["storefront/grid"],
 }
 SMOKE_VERSIONS = {"V1": ["jewels", "tea"], "V2": ["jewels"]}
+# Lever recipes: name -> overrides of the first run's spec. The first runs' recipe replayed labels, weighed a
+# synthetic page 1 and had no counterparts.
+LABELS = {"synthetic.replay_targets": "labels", "synthetic.row_weight": 1.0, "synthetic.counterpart_class": None}
+RECIPES: dict[str, dict] = {
+    "lr3e-4-e4": LABELS,
+    "lr1e-4-e4": {**LABELS, "synthetic.training.learning_rate": 1e-4},
+    "lr1e-4-e2": {**LABELS, "synthetic.training.learning_rate": 1e-4, "synthetic.training.epochs": 2},
+    "lr3e-5-e4": {**LABELS, "synthetic.training.learning_rate": 3e-5},
+    "replay-production": {**LABELS, "synthetic.replay_targets": "production"},
+    "replay-production-a0.2": {**LABELS, "synthetic.replay_targets": "production", "distillation.alpha": 0.2},
+    "weight0.3": {**LABELS, "synthetic.row_weight": 0.3},
+    "replay-production-weight0.3": {**LABELS, "synthetic.replay_targets": "production", "synthetic.row_weight": 0.3},
+    "counterparts": {"synthetic.row_weight": 0.3},  # each page also benign, without its forms
+    "counterparts-weight1": {},  # chosen on these validation rows: the experiment's recipe
+    "counterparts-labels-weight1": {"synthetic.replay_targets": "labels"},
+}
 
 
 def summarise(results: RunResults, version: str, seed: int) -> dict:
@@ -218,6 +243,41 @@ def figure(results: dict) -> Any:
     return fig
 
 
+def run_levers(source: RunResults, names: list[str], base: Path) -> dict:
+    """Each lever recipe on the source run's own spec, its other stages reused, scored on validation rows."""
+    spec = source.spec
+    val = read_rows([source.location(s) for s in source["prepare"].shards("labelled")], "validation")
+    texts, labels = strings(val, schema.TEXT), strings(val, schema.LABEL)
+
+    def on_validation(folder: str) -> dict:
+        metrics = class_metrics(score_student(Path(folder), texts), labels, spec.classes)
+        return {m: getattr(metrics, m) for m in GATE}
+
+    recipes = []
+    for name in names:
+        overrides = {**RECIPES[name], "name": f"html-lever-{name}", "output": str(base / f"lever-{name}"),
+                     "reuse_from": [source.output]}
+        results = run_job(parse_spec(with_overrides(spec.public_dump(), overrides), f"lever {name}"))
+        trained = results["train_student"]
+        held = [f["new"] for f in results["evaluate"].families if f["holdout"] == HELD_OUT]
+        recipes.append({"name": name, "overrides": RECIPES[name], "best_epoch": trained.best_epoch,
+                        "validation": on_validation(results.location(trained.model_dir)),
+                        "held_out_family_mean": _mean(held)})
+    return {"source": source.output, "validation_rows": len(texts),
+            "production": on_validation(source.location(source["production"].model_dir)), "recipes": recipes}
+
+
+def levers_markdown(results: dict) -> str:
+    """The levers' table, from their results file (benchmarks/tables.py calls this too)."""
+    rows = [["production", "-", *(f"{results['production'][m]:.4f}" for m in GATE), "-"]]
+    for r in results["recipes"]:
+        held = "-" if r["held_out_family_mean"] is None else f"{r['held_out_family_mean']:.4f}"
+        rows.append([r["name"], r["best_epoch"], *(f"{r['validation'][m]:.4f}" for m in GATE), held])
+    return (f"Validation pages: {results['validation_rows']} (never the test rows); each recipe's overrides are in "
+            "RECIPES of benchmarks/quality/html_synthetic.py.\n\n"
+            + table(["recipe", "best epoch", *GATE, "held-out families' mean score"], rows, right=(1, 2, 3, 4, 5)))
+
+
 def _mean(values: list[float]) -> float | None:
     return sum(values) / len(values) if values else None
 
@@ -230,10 +290,13 @@ def main() -> int:
                         help="override a key of the recipe in every run (a lever)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality/html"))
     parser.add_argument("--name", default="html_synthetic", help="results file stem")
-    parser.add_argument("--smoke", action="store_true", help="tiny pages, models and generator, one seed: checks "
-                        "that the recipe runs (results go to a temporary folder)")
+    parser.add_argument("--levers", nargs="*", choices=list(RECIPES), metavar="RECIPE",
+                        help="then run these lever recipes (none named: all) on the first run's spec and score them "
+                        f"on validation rows; recipes: {', '.join(RECIPES)}")
+    parser.add_argument("--smoke", action="store_true", help="tiny pages, models and generator, one seed and one "
+                        "lever: checks that the recipe runs (results go to a temporary folder)")
     args = parser.parse_args()
-    out = Results(args.name, smoke=args.smoke)
+    out = Results(args.name, folder=HERE, smoke=args.smoke)
     base = (out.folder / "runs" if args.smoke else args.out).resolve()
     extra = dict(parse_override(text) for text in args.set)
     versions, repeats = {v: VERSIONS[v] for v in args.versions}, args.repeats
@@ -261,6 +324,12 @@ def main() -> int:
                       "versions": aggregate(rows)})
     print(markdown(figures))
     print(f"results: {out.write(figures, markdown=markdown(figures), figure=figure(figures))}")
+    levers = ["weight0.3"] if args.smoke else (args.levers or list(RECIPES)) if args.levers is not None else []
+    if levers:
+        found = jsonable(run_levers(read_results(first), levers, base))
+        print(levers_markdown(found))
+        written = Results(f"{args.name}_levers", folder=out.folder).write(found, markdown=levers_markdown(found))
+        print(f"results: {written}")
     return 0
 
 

@@ -206,7 +206,7 @@ def main() -> int:
     p.add_argument("--smoke", action="store_true", help="tiny rows and models: checks that the recipe runs "
                    "(results go to a temporary folder)")
     args = p.parse_args()
-    out = Results(args.name, smoke=args.smoke)
+    out = Results(args.name, folder=HERE, smoke=args.smoke)
     base = (out.folder / "runs" if args.smoke else args.out).resolve()
     sizes = {"labelled": args.labelled, "validation": args.validation, "pool": args.pool, "test": args.test}
     extra = dict(parse_override(text) for text in args.set)
