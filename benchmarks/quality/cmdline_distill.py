@@ -141,9 +141,12 @@ def aggregate(rows: list[dict]) -> dict:
 def markdown(results: dict) -> str:
     """The experiment's tables, from a results file's figures (benchmarks/tables.py calls this too)."""
     configs = results["configs"]
-    lines = ["Per model, over the repeats: mean [min, max]. TPR and FP at the threshold picked for 1% FPR on the "
-             "clean validation rows; students' FP at equal TPR: the baseline at that threshold, the distilled "
-             "student at the threshold that detects as many test positives.", ""]
+    done, asked = results.get("repeats_done"), results.get("repeats_asked")
+    partial = [f"**{done} of the {asked} repeats asked for**: the run stopped before the rest (rerun the command: "
+               "it skips what is complete).", ""] if done and asked and done < asked else []
+    lines = partial + ["Per model, over the repeats: mean [min, max]. TPR and FP at the threshold picked for 1% FPR "
+                       "on the clean validation rows; students' FP at equal TPR: the baseline at that threshold, the "
+                       "distilled student at the threshold that detects as many test positives.", ""]
     rows = []
     for c in configs.values():
         for name in MODELS:
@@ -239,11 +242,14 @@ def main() -> None:
             print(f"== {config}, seed {seed}: {run}", flush=True)
             rows.append(summarise(run_job(spec), config, seed))
             first = first or run
-    results = {"recipe": str(SPEC.relative_to(ROOT)), "overrides": extra, "clean_share": args.clean_share,
-               "data": data_stats, "runs": rows, "configs": aggregate(rows)}
-    print(markdown(jsonable(results)))
-    path = out.write(results, markdown=markdown(jsonable(results)), figure=figure(jsonable(results)))
-    print(f"results: {path}")
+        # After every repeat, the results so far: a stopped run leaves the repeats it finished (and a rerun
+        # skips their stages).
+        results = {"recipe": str(SPEC.relative_to(ROOT)), "overrides": extra, "clean_share": args.clean_share,
+                   "repeats_done": seed - args.first_seed + 1, "repeats_asked": repeats,
+                   "data": data_stats, "runs": rows, "configs": aggregate(rows)}
+        print(markdown(jsonable(results)))
+        path = out.write(results, markdown=markdown(jsonable(results)), figure=figure(jsonable(results)))
+        print(f"results ({seed - args.first_seed + 1} of {repeats} repeats): {path}", flush=True)
 
 
 if __name__ == "__main__":
