@@ -5,12 +5,14 @@ Ray Data's Parquet reader V2 (Ray 2.60's default) or V1 (what `init_ray` sets).
     .venv/bin/python benchmarks/bench_fit_overhead.py            # ~8 min on 2 cores
     .venv/bin/python benchmarks/bench_fit_overhead.py --rows 1000 --epochs 2     # ~4 min
     .venv/bin/python benchmarks/bench_fit_overhead.py --fixed-cost   # ~6 min: tiny fits, Ray Train's poll
+    .venv/bin/python benchmarks/bench_fit_overhead.py --smoke        # one fit of each kind, tiny: the code runs
 
 --fixed-cost times fits of 200 rows and one epoch (nearly all of such a fit is fixed cost), DeepSpeed ZeRO-1
 with 2 workers, alternating Ray Train's default controller poll (every 2 s) and the 0.5 s that `init_ray`
-sets, three of each, and splits each into: before the workers enter the training loop (counting the rows,
-the controller, worker and data-split actors starting), inside the loop (DeepSpeed's set-up, the epoch,
-validation, the checkpoint) and after the loop (until fit() returns).
+sets, three of each, and splits each, with a step callback of the training loop (trainer.StepCallback,
+rank 0), into: until the first optimizer step is done (counting the rows, the controller, worker and
+data-split actors starting, DeepSpeed's set-up, the first batch), the steps after it, and after the last
+step (validation, the checkpoint, the workers' shutdown, until fit() returns).
 
 One Ray instance for all four fits, in a fixed order after one warm-up fit, so that every fit finds
 Ray's worker processes in the same state. Per fit: the seconds of the whole call, the part before Ray
@@ -21,25 +23,26 @@ epoch's rate. Reads ../shared/data/cmdline (or --data) like bench_training.py.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
+import ray.train
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_training import CLASSES, DEFAULT_DATA, read_rows  # noqa: E402
+from results import Results, table  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
 from smallsec_ray.spec import StudentSpec, TrainingSpec  # noqa: E402
-from smallsec_ray.training import trainer  # noqa: E402
-from smallsec_ray.training.trainer import train_student  # noqa: E402
+from smallsec_ray.training.trainer import Progress, train_student  # noqa: E402
 from smallsec_ray.workloads.common import dataset  # noqa: E402
 
 
@@ -57,7 +60,7 @@ def write_shards(folder: Path, rows: int, data: Path) -> list[str]:
     return paths
 
 
-def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int) -> dict:
+def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int, preset: str = "small") -> dict:
     ray.data.DataContext.get_current().use_datasource_v2 = v2
     training = TrainingSpec(epochs=epochs, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
                             materialize=materialize,
@@ -65,7 +68,7 @@ def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int) -> dict:
     train, val = dataset(paths, "train", with_probs=False), dataset(paths, "validation", with_probs=False)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = train_student(training, StudentSpec(preset="small", max_length=128), CLASSES, train, val, out)
+        result = train_student(training, StudentSpec(preset=preset, max_length=128), CLASSES, train, val, out)
         seconds = time.perf_counter() - started
     epochs_s = sum(e["train_seconds"] for e in result.epochs)
     return {"reader": "V2" if v2 else "V1", "rows": "materialized" if materialize else "streamed every epoch",
@@ -74,50 +77,50 @@ def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int) -> dict:
             "outside_training_s": round(seconds - epochs_s, 1)}
 
 
-def timed_loop(config: dict) -> None:
-    """The training loop, with the times it was entered and left appended to config["marks"]."""
-    marks = config["marks"]
-    with open(marks, "a") as f:
-        f.write(json.dumps({"enter": time.time()}) + "\n")
-    trainer.train_loop_per_worker(config)
-    with open(marks, "a") as f:
-        f.write(json.dumps({"exit": time.time()}) + "\n")
+@dataclass
+class StepTimes:
+    """A step callback (trainer.StepCallback): rank 0 appends the time each optimizer step ended to `path`."""
+
+    path: str
+
+    def __call__(self, progress: Progress, resumed_at_step: int, batch: dict) -> None:
+        if ray.train.get_context().get_world_rank() == 0:
+            with open(self.path, "a") as f:
+                f.write(f"{time.time()}\n")
 
 
-def tiny_fit(poll_s: str, data: Path) -> dict:
-    """One fit of 200 rows, one epoch, split into before / inside / after the workers' training loop."""
+def tiny_fit(poll_s: str, data: Path, preset: str = "small") -> dict:
+    """One fit of 200 rows, one epoch, split into until the first step, the steps, and after the last step."""
     os.environ["RAY_TRAIN_HEALTH_CHECK_INTERVAL_S"] = poll_s  # Ray Train passes it on to its controller
     frame = read_rows(data, 256)
     train, val = ray.data.from_pandas(frame.iloc[:200]), ray.data.from_pandas(frame.iloc[200:])
     training = TrainingSpec(epochs=1, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
                             scaling={"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 1.0})
     with tempfile.TemporaryDirectory() as out:
-        marks = Path(out) / "marks.jsonl"
-        loop = trainer.train_loop_per_worker
-        trainer.train_loop_per_worker = lambda config: timed_loop({**config, "marks": str(marks)})
-        try:
-            started = time.time()
-            train_student(training, StudentSpec(preset="small", max_length=128), CLASSES, train, val, out)
-            ended = time.time()
-        finally:
-            trainer.train_loop_per_worker = loop
-        times = [json.loads(line) for line in marks.read_text().splitlines()]
-    enter = min(t["enter"] for t in times if "enter" in t)
-    leave = max(t["exit"] for t in times if "exit" in t)
-    return {"poll_s": float(poll_s), "fit_s": round(ended - started, 1), "before_loop_s": round(enter - started, 1),
-            "loop_s": round(leave - enter, 1), "after_loop_s": round(ended - leave, 1)}
+        marks = Path(out) / "steps.txt"
+        started = time.time()
+        train_student(training, StudentSpec(preset=preset, max_length=128), CLASSES, train, val, out,
+                      callbacks=[StepTimes(str(marks))])
+        ended = time.time()
+        steps = [float(line) for line in marks.read_text().split()]
+    first, last = min(steps), max(steps)
+    return {"poll_s": float(poll_s), "fit_s": round(ended - started, 1), "to_first_step_s": round(first - started, 1),
+            "steps_s": round(last - first, 1), "after_last_step_s": round(ended - last, 1)}
 
 
-def fixed_cost(data: Path) -> None:
-    tiny_fit("0.5", data)  # warm-up: DeepSpeed's op, imports
-    table = [tiny_fit(poll, data) for _ in range(3) for poll in ("2.0", "0.5")]
-    print(f"\nchar_cnn/small, 200 training rows, 1 epoch, DeepSpeed ZeRO-1 2 workers, {os.cpu_count()} cores, "
-          f"load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| controller poll s | fit s | before the loop s | in the loop s | after the loop s |")
-    print("|---:|---:|---:|---:|---:|")
-    for r in table:
-        print(f"| {r['poll_s']} | {r['fit_s']} | {r['before_loop_s']} | {r['loop_s']} | {r['after_loop_s']} |")
-    print(json.dumps(table))
+def fixed_cost(data: Path, smoke: bool) -> None:
+    if smoke:
+        fits = [tiny_fit("0.5", data, preset="tiny")]
+    else:
+        tiny_fit("0.5", data)  # warm-up: DeepSpeed's op, imports
+        fits = [tiny_fit(poll, data) for _ in range(3) for poll in ("2.0", "0.5")]
+    text = (f"char_cnn/{'tiny' if smoke else 'small'}, 200 training rows, 1 epoch, DeepSpeed ZeRO-1 2 workers, "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n\n")
+    text += table(["controller poll s", "fit s", "to the first step s", "the other steps s", "after the last step s"],
+                  [[r["poll_s"], r["fit_s"], r["to_first_step_s"], r["steps_s"], r["after_last_step_s"]] for r in fits],
+                  right=(0, 1, 2, 3, 4))
+    print("\n" + text)
+    print(f"results: {Results('bench_fit_overhead_fixed_cost', smoke=smoke).write(fits, markdown=text)}")
 
 
 def main() -> None:
@@ -126,26 +129,30 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--fixed-cost", action="store_true", help="time tiny fits instead (see the docstring)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny fit of each kind (200 rows, 1 epoch, the "
+                        "tiny preset): checks that the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
     init_ray(num_cpus=4)
+    if args.fixed_cost or args.smoke:
+        fixed_cost(args.data, args.smoke)
     if args.fixed_cost:
-        fixed_cost(args.data)
         return
+    kinds = [(True, False), (True, True), (False, False), (False, True)]
+    rows, epochs, preset = (200, 1, "tiny") if args.smoke else (args.rows, args.epochs, "small")
     with tempfile.TemporaryDirectory() as folder:
-        paths = write_shards(Path(folder), args.rows, args.data)
-        one_fit(paths, v2=False, materialize=True, epochs=1)  # warm-up: worker processes, imports
-        table = [one_fit(paths, v2, materialize, args.epochs)
-                 for v2, materialize in [(True, False), (True, True), (False, False), (False, True)]]
-    base = table[0]["fit_s"]
-    print(f"\nchar_cnn/small, {args.rows:,} training rows, {args.epochs} epochs, DDP 2 workers x 32 rows, "
-          f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| Parquet reader | rows | fit s | vs V2 streamed | training s (epochs) | outside training s | "
-          "last epoch rows/s |")
-    print("|---|---|---:|---:|---:|---:|---:|")
-    for r in table:
-        print(f"| {r['reader']} | {r['rows']} | {r['fit_s']} | {base / r['fit_s']:.2f}x faster | "
-              f"{r['epochs_train_s']} | {r['outside_training_s']} | {r['last_epoch_rows_per_s']:,} |")
-    print(json.dumps(table))
+        paths = write_shards(Path(folder), rows, args.data)
+        if not args.smoke:
+            one_fit(paths, v2=False, materialize=True, epochs=1)  # warm-up: worker processes, imports
+        fits = [one_fit(paths, v2, materialize, epochs, preset) for v2, materialize in kinds[:1 if args.smoke else 4]]
+    base = fits[0]["fit_s"]
+    text = (f"char_cnn/{preset}, {rows:,} training rows, {epochs} epochs, DDP 2 workers x 32 rows, "
+            f"{os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n\n")
+    text += table(["Parquet reader", "rows", "fit s", "vs V2 streamed", "training s (epochs)", "outside training s",
+                   "last epoch rows/s"],
+                  [[r["reader"], r["rows"], r["fit_s"], f"{base / r['fit_s']:.2f}x faster", r["epochs_train_s"],
+                    r["outside_training_s"], f"{r['last_epoch_rows_per_s']:,}"] for r in fits], right=(2, 3, 4, 5, 6))
+    print("\n" + text)
+    print(f"results: {Results('bench_fit_overhead', smoke=args.smoke).write(fits, markdown=text)}")
 
 
 if __name__ == "__main__":

@@ -13,6 +13,7 @@ CPU seconds of this single-threaded process (per core, whatever else runs), thre
 alternating; the ratio is of the medians and the spread is min-max.
 
     .venv/bin/python benchmarks/bench_int8.py            # ~3 min
+    .venv/bin/python benchmarks/bench_int8.py --smoke    # a freshly made tiny URL student on 100 rows: the code runs
 """
 
 from __future__ import annotations
@@ -24,7 +25,6 @@ import sys
 import tempfile
 import time
 from dataclasses import replace
-from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
@@ -34,10 +34,18 @@ import pyarrow.parquet as pq
 from sklearn.metrics import roc_auc_score
 from threadpoolctl import threadpool_limits
 
-from smallsec_ray.evaluation import pick_threshold
-from smallsec_ray.export import OnnxScorer, export_onnx, quantize_int8
-from smallsec_ray.students.folder import load_model, read_config
-from smallsec_ray.workloads.common import score_student
+HERE = Path(__file__).resolve().parent
+sys.path[:0] = [str(HERE), str(HERE / "quality")]
+
+from results import SHARED, Results  # noqa: E402
+from url_data import CLASSES as URL_CLASSES  # noqa: E402
+from url_data import write_experiment_shards  # noqa: E402
+
+from smallsec_ray.evaluation import pick_threshold  # noqa: E402
+from smallsec_ray.export import OnnxScorer, export_onnx, quantize_int8  # noqa: E402
+from smallsec_ray.students import build_student, student_config  # noqa: E402
+from smallsec_ray.students.folder import Lineage, ModelConfig, load_model, read_config  # noqa: E402
+from smallsec_ray.workloads.common import score_student  # noqa: E402
 
 MODELS = {
     "url": ("runs/quality/url/run-default/export/model", "runs/quality/url/data", "phishing"),
@@ -69,6 +77,18 @@ def cpu_rate(scorer: OnnxScorer, texts: list[str]) -> float:
     started = time.process_time()
     scorer.predict_proba(texts)
     return len(texts) / (time.process_time() - started)
+
+
+def smoke_model(folder: Path) -> tuple[str, str, str]:
+    """A smoke run's model: a freshly made tiny URL student, exported, and 100 rows of each split."""
+    data = folder / "data"
+    write_experiment_shards(SHARED, data, 300, 100, 100, 100)
+    net, encoder = build_student("char_cnn", "tiny", len(URL_CLASSES))
+    config = ModelConfig(student_config(net), encoder.config(), URL_CLASSES, Lineage(job="bench_int8 --smoke"),
+                         thresholds={"phishing": 0.5})
+    texts = rows(data, "test").column("text").to_pylist()
+    export = export_onnx(net, config, folder / "model", texts[:64])
+    return str(export.model_dir), str(data), "phishing"
 
 
 def measure(name: str, repeats: int) -> dict:
@@ -113,8 +133,13 @@ def main() -> int:
     parser.add_argument("--models", default="url,html")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--url-run", default="runs/quality/url", help="the semi-supervised experiment's --out")
+    parser.add_argument("--smoke", action="store_true", help="a freshly made tiny URL student and 100 rows, one "
+                        "repeat: checks that the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
+    out = Results("bench_int8_results", smoke=args.smoke)
     MODELS["url"] = (f"{args.url_run}/run-default/export/model", f"{args.url_run}/data", "phishing")
+    if args.smoke:
+        MODELS["url"], args.models, args.repeats = smoke_model(out.folder), "url", 1
     results = []
     for name in args.models.split(","):
         if not Path(MODELS[name][0]).is_dir():
@@ -122,10 +147,7 @@ def main() -> int:
             continue
         results.append(measure(name, args.repeats))
         print(json.dumps(results[-1], indent=1), flush=True)
-    out = Path(__file__).resolve().parent / "bench_int8_results.json"
-    out.write_text(json.dumps({"command": "python benchmarks/bench_int8.py " + " ".join(sys.argv[1:]),
-                               "date": datetime.now(UTC).isoformat(timespec="minutes"), "results": results},
-                              indent=1) + "\n")
+    print(f"results: {out.write(results)}")
     return 0
 
 

@@ -8,12 +8,13 @@ share of the FLOP ceiling it reaches. Times are CPU seconds of this (single-thre
 command lines from tldr and Atomic Red Team, HTML pages from every file in shared/data/html. Models
 are freshly initialised: speed does not depend on the weights.
 
-Run:  .venv/bin/python benchmarks/bench_student_inference.py [--quick] [--data ../shared/data]
+Run:  .venv/bin/python benchmarks/bench_student_inference.py [--quick | --smoke] [--data ../shared/data]
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -24,11 +25,18 @@ import pandas as pd
 import torch
 from threadpoolctl import threadpool_limits
 
-from smallsec_ray.export import OnnxScorer, export_onnx
-from smallsec_ray.students import build_student, student_config
-from smallsec_ray.students.folder import Lineage, ModelConfig
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from results import SHARED, Results  # noqa: E402
+
+from smallsec_ray.export import OnnxScorer, export_onnx  # noqa: E402
+from smallsec_ray.students import build_student, student_config  # noqa: E402
+from smallsec_ray.students.folder import Lineage, ModelConfig  # noqa: E402
+
+DATA = SHARED
+HEADER = ("| model | preset | params | L | MFLOP/event | batch | encode only ev/s | ONNX Runtime ev/s "
+          "| ORT % of ceiling | torch eager ev/s | torch % of ceiling |\n"
+          "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 PRESETS = ("default", "small", "tiny")
 CLASSES = ["benign", "malicious"]
 
@@ -111,22 +119,28 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="few rows, short timings (about a minute)")
     parser.add_argument("--data", type=Path, default=DATA, help="the shared data folder")
     parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 64])
+    parser.add_argument("--smoke", action="store_true", help="the tiny presets, a few rows, 0.1 s timings: checks "
+                        "that the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
     seconds, cmd_rows, html_rows = (0.5, 256, 64) if args.quick else (3.0, 2000, 2000)
+    presets = PRESETS
+    if args.smoke:
+        seconds, cmd_rows, html_rows, presets = 0.1, 64, 16, ("tiny",)
+    results = Results("bench_student_inference", smoke=args.smoke)
 
     torch.set_num_threads(1)
     with threadpool_limits(limits=1), tempfile.TemporaryDirectory() as tmp:
-        rates = matmul_flops(seconds=1.0 if args.quick else 3.0)
+        rates = matmul_flops(seconds=0.2 if args.smoke else 1.0 if args.quick else 3.0)
         peak = max(rates.values())
-        print(f"single-thread sgemm 1024^3: numpy {rates['numpy'] / 1e9:.1f} GFLOP/s, "
-              f"torch {rates['torch'] / 1e9:.1f} GFLOP/s; ceiling = {peak / 1e9:.1f} GFLOP/s\n")
-        print("| model | preset | params | L | MFLOP/event | batch | encode only ev/s | ONNX Runtime ev/s "
-              "| ORT % of ceiling | torch eager ev/s | torch % of ceiling |")
-        print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
+        ceiling = (f"single-thread sgemm 1024^3: numpy {rates['numpy'] / 1e9:.1f} GFLOP/s, "
+                   f"torch {rates['torch'] / 1e9:.1f} GFLOP/s; ceiling = {peak / 1e9:.1f} GFLOP/s\n")
+        print(ceiling + "\n" + HEADER)
         workloads = [("char_cnn", load_cmdlines(args.data, cmd_rows)), ("html_hier", load_pages(args.data, html_rows))]
-        for model_name, texts in workloads:
-            for preset in PRESETS:
-                bench_preset(model_name, preset, texts, args.batch_sizes, seconds, peak, Path(tmp))
+        rows = [row for model_name, texts in workloads for preset in presets
+                for row in bench_preset(model_name, preset, texts, args.batch_sizes, seconds, peak, Path(tmp))]
+    path = results.write({"sgemm_flops": rates, "rows": rows}, markdown=ceiling + "\n" + HEADER + "\n" +
+                         "\n".join(rows) + "\n")
+    print(f"results: {path}")
 
 
 if __name__ == "__main__":

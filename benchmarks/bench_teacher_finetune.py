@@ -7,6 +7,7 @@ length cuts the padding. Grouping also makes batches less mixed (length goes wit
 could cost quality: the validation figures say whether it does.
 
     .venv/bin/python benchmarks/bench_teacher_finetune.py      # ~15 min on 2 cores
+    .venv/bin/python benchmarks/bench_teacher_finetune.py --smoke   # a tiny teacher, 300 rows, the grouped fit
 Reads runs/quality/url/data (written here if missing, as url_semi.py writes it).
 """
 
@@ -25,8 +26,9 @@ import ray
 from sklearn.metrics import f1_score, roc_auc_score
 
 HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE / "quality"))
+sys.path[:0] = [str(HERE), str(HERE / "quality")]
 
+from results import SHARED, Results, tiny_teacher  # noqa: E402
 from url_data import CLASSES, write_experiment_shards  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
@@ -35,15 +37,21 @@ from smallsec_ray.teachers.backends import make_teacher  # noqa: E402
 from smallsec_ray.teachers.bundled import resolve_model  # noqa: E402
 from smallsec_ray.teachers.finetune import finetune_teacher  # noqa: E402
 
-SHARED = HERE.parents[1] / "shared" / "data"
-
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=Path("runs/quality/url/data"))
     p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--smoke", action="store_true", help="a tiny teacher, 300 labelled rows, one epoch, the grouped "
+                   "fit only: checks that the benchmark runs (data and results go to a temporary folder)")
     args = p.parse_args()
-    if not (args.data / "labelled").exists():
+    out_results = Results("bench_teacher_finetune_results", smoke=args.smoke)
+    teacher, kinds = resolve_model("bundled:all-minilm-l6-v2"), (False, True)
+    if args.smoke:
+        args.data, args.epochs, kinds = out_results.folder / "data", 1, (True,)
+        teacher = tiny_teacher(out_results.folder / "tiny-teacher", CLASSES)
+        write_experiment_shards(SHARED, args.data, 300, 100, 100, 100)
+    elif not (args.data / "labelled").exists():
         write_experiment_shards(SHARED, args.data, 3600, 600, 24000, 6000)
     rows = pd.read_parquet(args.data / "labelled").rename(columns={"fixed_split": "split"})
     train, val = rows[rows["split"] == "train"], rows[rows["split"] == "validation"]
@@ -52,14 +60,13 @@ def main() -> int:
     val_ds = ray.data.from_pandas(val[["id", "text", "label"]]).materialize()
     y = val["label"].map(CLASSES.index).to_numpy()
     results = []
-    for grouped in (False, True):
+    for grouped in kinds:
         spec = FinetuneSpec(epochs=args.epochs, batch_size=32, learning_rate=1e-4, schedule="linear", warmup=0.1,
                             select_by="auc", early_stopping_patience=0, group_by_length=grouped,
                             scaling={"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5})
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
-            trained = finetune_teacher(resolve_model("bundled:all-minilm-l6-v2"), CLASSES, train_ds, val_ds, spec,
-                                       max_length=64, out_dir=out)
+            trained = finetune_teacher(teacher, CLASSES, train_ds, val_ds, spec, max_length=64, out_dir=out)
             seconds = time.time() - started
             probs = make_teacher("classifier", "hf", trained.model_dir, CLASSES, max_length=64).probs(
                 list(val["text"]))
@@ -70,10 +77,11 @@ def main() -> int:
                                                         for k in range(len(CLASSES))])), 4)}
         print(json.dumps(result), flush=True)
         results.append(result)
-    plain, grouped = results
-    print(f"group_by_length: {plain['fit_seconds'] / grouped['fit_seconds']:.2f}x faster fit, "
-          f"{grouped['train_rows_per_s'] / plain['train_rows_per_s']:.2f}x training rows/s")
-    (HERE / "bench_teacher_finetune_results.json").write_text(json.dumps(results, indent=1) + "\n")
+    if len(results) == 2:
+        plain, grouped = results
+        print(f"group_by_length: {plain['fit_seconds'] / grouped['fit_seconds']:.2f}x faster fit, "
+              f"{grouped['train_rows_per_s'] / plain['train_rows_per_s']:.2f}x training rows/s")
+    print(f"results: {out_results.write(results)}")
     return 0
 
 

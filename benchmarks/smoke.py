@@ -67,8 +67,12 @@ def main(argv: list[str] | None = None) -> int:
         print("\n".join(str(p.relative_to(BENCHMARKS.parent)) for p in chosen))
         return 0
     failed, times = [], {}
+    missing = [s for s in chosen if '"--smoke"' not in s.read_text()]
     for script in chosen:
         name = str(script.relative_to(BENCHMARKS.parent))
+        if script in missing:
+            print(f"smoke: {name}: NO SMOKE MODE yet (not run; issue 30 asks every script for one)", flush=True)
+            continue
         print(f"smoke: {name} ...", flush=True)
         code, seconds, tail = run(script)
         times[name] = seconds
@@ -81,7 +85,9 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(times.values())
     slowest = ", ".join(f"{n} {s:.0f} s" for n, s in sorted(times.items(), key=lambda kv: -kv[1])[:3])
     over = f"; over the {TOTAL_BUDGET_S // 60}-minute budget" if total > TOTAL_BUDGET_S else ""
-    print(f"smoke: {len(chosen) - len(failed)} of {len(chosen)} passed in {total:.0f} s (slowest: {slowest}){over}")
+    lacking = f"; {len(missing)} without a smoke mode: {', '.join(p.stem for p in missing)}" if missing else ""
+    ran = len(chosen) - len(missing)
+    print(f"smoke: {ran - len(failed)} of {ran} passed in {total:.0f} s (slowest: {slowest}){over}{lacking}")
     return 1 if failed else 0
 
 

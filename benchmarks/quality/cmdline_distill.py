@@ -18,7 +18,7 @@ the difference favours the distilled student in every repeat and its mean is lar
 the uncased teacher cannot see case, the students read bytes.
 
     python benchmarks/quality/cmdline_distill.py                  # 6 noise models x 3 repeats, ~3 h on 2 cores
-    python benchmarks/quality/cmdline_distill.py --smoke          # tiny rows and models: the same code, ~1 min
+    python benchmarks/quality/cmdline_distill.py --smoke          # tiny rows and models: the same code, ~4 min
     python benchmarks/quality/cmdline_distill.py --configs groups-0.3 --repeats 1 --set distillation.alpha=0.3 \\
         --name cmdline_lever_alpha0.3 --out runs/quality/cmdline-levers       # a lever, on its own run folders
 Writes benchmarks/quality/cmdline_distill.{json,md,png} (--name: another stem); rerun after a stop, it skips
@@ -219,15 +219,15 @@ def main() -> None:
                         help="override a key of the recipe in every configuration (a lever)")
     parser.add_argument("--out", type=Path, default=Path("runs/quality/cmdline"))
     parser.add_argument("--name", default="cmdline_distill", help="results file stem")
-    parser.add_argument("--smoke", action="store_true", help="tiny rows and models, two configurations, two "
-                        "repeats: checks that the recipe runs (results go to a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="tiny rows and models, two configurations, one "
+                        "repeat: checks that the recipe runs (results go to a temporary folder)")
     args = parser.parse_args()
     out = Results(args.name, folder=HERE, smoke=args.smoke)
     base = (out.folder / "runs" if args.smoke else args.out).resolve()
     extra = dict(parse_override(text) for text in args.set)
     configs, repeats, scale = args.configs, args.repeats, 1.0
     if args.smoke:
-        configs, repeats, scale = ["groups-0.3", "rules"], 2, 0.04
+        configs, repeats, scale = ["groups-0.3", "rules"], 1, 0.04
         extra = {**SMOKE, "teacher.model": str(tiny_teacher(base / "tiny-teacher", ["benign", "malicious"])),
                  **extra}
     rows, data_stats = [], {}
