@@ -5,7 +5,7 @@ Ray Data's Parquet reader V2 (Ray 2.60's default) or V1 (what `init_ray` sets).
     .venv/bin/python benchmarks/bench_fit_overhead.py            # ~8 min on 2 cores
     .venv/bin/python benchmarks/bench_fit_overhead.py --rows 1000 --epochs 2     # ~4 min
     .venv/bin/python benchmarks/bench_fit_overhead.py --fixed-cost   # ~6 min: tiny fits, Ray Train's poll
-    .venv/bin/python benchmarks/bench_fit_overhead.py --smoke        # one fit of each kind, tiny: the code runs
+    .venv/bin/python benchmarks/bench_fit_overhead.py --smoke        # one tiny fit: the code runs
 
 --fixed-cost times fits of 200 rows and one epoch (nearly all of such a fit is fixed cost), DeepSpeed ZeRO-1
 with 2 workers, alternating Ray Train's default controller poll (every 2 s) and the 0.5 s that `init_ray`
@@ -129,13 +129,13 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
     parser.add_argument("--fixed-cost", action="store_true", help="time tiny fits instead (see the docstring)")
-    parser.add_argument("--smoke", action="store_true", help="one tiny fit of each kind (200 rows, 1 epoch, the "
-                        "tiny preset): checks that the benchmark runs (results go to a temporary folder)")
+    parser.add_argument("--smoke", action="store_true", help="one tiny fit with the step callback (200 rows, 1 "
+                        "epoch, the tiny preset): checks that the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
     init_ray(num_cpus=4)
     if args.fixed_cost or args.smoke:
         fixed_cost(args.data, args.smoke)
-    if args.fixed_cost:
+    if args.fixed_cost or args.smoke:  # a smoke run: the tiny fit above covers the fit and the step callback
         return
     kinds = [(True, False), (True, True), (False, False), (False, True)]
     rows, epochs, preset = (200, 1, "tiny") if args.smoke else (args.rows, args.epochs, "small")
