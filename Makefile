@@ -41,6 +41,7 @@ tables: setup
 
 lint: setup
 	$(BIN)/ruff check smallsec_ray tests benchmarks
+	$(BIN)/mypy smallsec_ray benchmarks
 
 clean:
 	rm -rf $(VENV) runs demo-data

@@ -4,6 +4,7 @@ stays small). Goal: the driver's peak memory flat (within 20%) from 100k to 1M r
     PYTHONPATH=. .venv/bin/python benchmarks/bench_driver_scale.py                  # 10k, 100k, 1M rows
     PYTHONPATH=. .venv/bin/python benchmarks/bench_driver_scale.py --rows 10000     # one size, ~1 min
     PYTHONPATH=. .venv/bin/python benchmarks/bench_driver_scale.py --backend hf     # the teacher on HF
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_driver_scale.py --smoke   # 300 rows in 3 shards: the code runs
 
 Rows are synthetic command lines (6 to 12 words of the tiny tokenizer's vocabulary), 80% benign, in groups
 of 10 rows, with unique ids, written as Parquet shards of --shard-rows rows to a temp folder (not timed):
@@ -11,13 +12,15 @@ they are the noisy part; the labelled part is one shard of 200 rows. The stages 
 functions, called as the distill workload calls them: run_prepare (read, validate, split by group, ids
 checked across shards), label_parts on the noisy part (the Ray Data pipeline, 1 teacher replica), and
 audit_shards (the label audit as a distributed top-k). The teacher is the tiny 2-layer BERT classifier of
-tests/tiny_models.py with random seeded weights: its speed, not its quality, is what is measured.
+tests/tiny_models.py with random seeded weights: its speed, not its quality, is what is measured. The spec is
+jobs/local/distill.yaml with the data, the teacher, the labelling batch and Ray's CPUs as overrides.
 
 Each size runs in its own subprocess (a fresh driver and a fresh embedded Ray, --num-cpus logical CPUs).
 Driver memory is the driver process's resident set (psutil RSS), sampled every 20 ms by a thread: per
 stage its peak, and that peak above the RSS the process had before the first stage (imports and Ray
 started). Ray's own processes (raylet, GCS, the object store, task workers, the teacher actor) are not
-the driver and are not counted. Prints one JSON line per size, then a table.
+the driver and are not counted. Prints one JSON line per size, then a table; writes
+benchmarks/bench_driver_scale.{json,md} (--smoke: a temporary folder).
 """
 
 from __future__ import annotations
@@ -39,13 +42,16 @@ import psutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))  # tiny_models
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from tiny_models import COMMAND_WORDS, make_tiny_classifier  # noqa: E402
+from results import ROOT, Results, table, tiny_teacher  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "tests"))  # tiny_models' vocabulary, for rows the tiny teacher reads whole
+from tiny_models import COMMAND_WORDS  # noqa: E402
 
 from smallsec_ray.data.schema import GROUP, ID, LABEL, SOURCE, TEXT  # noqa: E402
 
+SPEC = ROOT / "jobs" / "local" / "distill.yaml"
 CLASSES = ["benign", "malicious"]
 SIZES = (10_000, 100_000, 1_000_000)
 
@@ -102,28 +108,27 @@ def run_one(rows: int, shard_rows: int, backend: str, num_cpus: int, batch_size:
     from smallsec_ray.audit import audit_shards
     from smallsec_ray.prepare import run_prepare
     from smallsec_ray.runtime import init_ray
-    from smallsec_ray.spec import parse_spec
+    from smallsec_ray.spec import load_spec
     from smallsec_ray.stages import StageContext
     from smallsec_ray.workloads.common import TeacherModel, Teachers, ctx_paths, label_parts
 
-    with tempfile.TemporaryDirectory(prefix="drv-scale-") as tmp:
-        tmp = Path(tmp)
+    with tempfile.TemporaryDirectory(prefix="drv-scale-") as folder:
+        tmp = Path(folder)
         started = time.monotonic()
         write_rows(tmp / "data", rows, shard_rows)
         written = time.monotonic() - started
-        teacher = make_tiny_classifier(tmp / "teacher", CLASSES)
-        spec = parse_spec({
-            "name": "driver-scale", "workload": "distill", "artifact": "cmdline", "classes": CLASSES,
-            "positive_class": "malicious",
-            "data": {"labelled": [str(tmp / "data" / "labelled")], "noisy": [str(tmp / "data" / "noisy")]},
-            "teacher": {"model": str(teacher), "backend": backend, "max_length": 32},
-            "labeling": {"cpus_per_replica": 1, "batch_size": batch_size},
+        teacher = tiny_teacher(tmp / "teacher", CLASSES)
+        spec = load_spec(SPEC, {
+            "name": "driver-scale", "data.labelled": [str(tmp / "data" / "labelled")],
+            "data.noisy": [str(tmp / "data" / "noisy")], "data.test": [],
+            "teacher.model": str(teacher), "teacher.backend": backend, "teacher.max_length": 32,
+            "labeling.cpus_per_replica": 1, "labeling.batch_size": batch_size, "resources.num_cpus": num_cpus,
             "output": str(tmp / "run")})
         run_dir = tmp / "run"
-        init_ray(num_cpus=num_cpus)
+        init_ray(num_cpus=spec.resources.num_cpus)
         rss = PeakRss()
         base = rss.reset()
-        result = {"rows": rows, "shards": -(-rows // shard_rows), "shard_rows": shard_rows, "backend": backend,
+        result: dict = {"rows": rows, "shards": -(-rows // shard_rows), "shard_rows": shard_rows, "backend": backend,
                   "num_cpus": num_cpus, "write_data_s": round(written, 1),
                   "base_rss_mb": round(base / 2**20, 1), "stages": {}}
         with stage("prepare", rss, base, result["stages"]):
@@ -140,14 +145,11 @@ def run_one(rows: int, shard_rows: int, backend: str, num_cpus: int, batch_size:
         return result
 
 
-def table(results: list[dict]) -> str:
-    lines = ["| rows | shards | stage | seconds | rows/s | driver peak RSS, MB | above start, MB |",
-             "|---:|---:|---|---:|---:|---:|---:|"]
-    for r in results:
-        for name, s in r["stages"].items():
-            lines.append(f"| {r['rows']:,} | {r['shards']} | {name} | {s['seconds']} | "
-                         f"{r['rows'] / s['seconds']:,.0f} | {s['peak_rss_mb']} | {s['peak_above_base_mb']} |")
-    return "\n".join(lines)
+def markdown(results: list[dict]) -> str:
+    rows = [[f"{r['rows']:,}", r["shards"], name, s["seconds"], f"{r['rows'] / max(s['seconds'], 0.1):,.0f}",
+             s["peak_rss_mb"], s["peak_above_base_mb"]] for r in results for name, s in r["stages"].items()]
+    return table(["rows", "shards", "stage", "seconds", "rows/s", "driver peak RSS, MB", "above start, MB"], rows,
+                 right=(0, 1, 3, 4, 5, 6))
 
 
 def main() -> None:
@@ -158,10 +160,15 @@ def main() -> None:
     parser.add_argument("--num-cpus", type=int, default=4, help="Ray's logical CPUs (at least 4, see init_ray)")
     parser.add_argument("--batch-size", type=int, default=256, help="rows per teacher call")
     parser.add_argument("--one", action="store_true", help="run one size in this process (used by the parent)")
+    parser.add_argument("--smoke", action="store_true", help="one size of 300 rows in shards of 100: checks that "
+                        "the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
+    if args.smoke:
+        args.rows, args.shard_rows = [300], 100
     if args.one:
         print(json.dumps(run_one(args.rows[0], args.shard_rows, args.backend, args.num_cpus, args.batch_size)))
         return
+    out = Results("bench_driver_scale", smoke=args.smoke)
     results = []
     print(f"started {datetime.now(UTC):%Y-%m-%d %H:%M} UTC on {os.cpu_count()} cores", flush=True)
     for rows in args.rows or SIZES:
@@ -173,7 +180,8 @@ def main() -> None:
         results.append(json.loads(done.stdout.strip().splitlines()[-1]))
         print(json.dumps(results[-1]), flush=True)
     print(f"finished {datetime.now(UTC):%Y-%m-%d %H:%M} UTC")
-    print(table(results))
+    print(markdown(results))
+    print(f"results: {out.write({'sizes': results}, markdown=markdown(results))}")
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from bench_training import CLASSES, DEFAULT_DATA, read_rows  # noqa: E402
 from results import Results, table  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
-from smallsec_ray.spec import StudentSpec, TrainingSpec  # noqa: E402
+from smallsec_ray.spec import ScalingSpec, StudentSpec, TrainingSpec  # noqa: E402
 from smallsec_ray.training.trainer import Progress, train_student  # noqa: E402
 from smallsec_ray.workloads.common import dataset  # noqa: E402
 
@@ -64,11 +64,12 @@ def one_fit(paths: list[str], v2: bool, materialize: bool, epochs: int, preset: 
     ray.data.DataContext.get_current().use_datasource_v2 = v2
     training = TrainingSpec(epochs=epochs, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
                             materialize=materialize,
-                            scaling={"strategy": "ddp", "workers": 2, "cpus_per_worker": 1.0})
+                            scaling=ScalingSpec(strategy="ddp", workers=2, cpus_per_worker=1.0))
     train, val = dataset(paths, "train", with_probs=False), dataset(paths, "validation", with_probs=False)
     with tempfile.TemporaryDirectory() as out:
         started = time.perf_counter()
-        result = train_student(training, StudentSpec(preset=preset, max_length=128), CLASSES, train, val, out)
+        result = train_student(training, StudentSpec.model_validate({"preset": preset, "max_length": 128}), CLASSES,
+                               train, val, out)
         seconds = time.perf_counter() - started
     epochs_s = sum(e["train_seconds"] for e in result.epochs)
     return {"reader": "V2" if v2 else "V1", "rows": "materialized" if materialize else "streamed every epoch",
@@ -95,12 +96,12 @@ def tiny_fit(poll_s: str, data: Path, preset: str = "small") -> dict:
     frame = read_rows(data, 256)
     train, val = ray.data.from_pandas(frame.iloc[:200]), ray.data.from_pandas(frame.iloc[200:])
     training = TrainingSpec(epochs=1, batch_size=32, learning_rate=1e-3, early_stopping_patience=0,
-                            scaling={"strategy": "deepspeed", "zero_stage": 1, "workers": 2, "cpus_per_worker": 1.0})
+                            scaling=ScalingSpec(strategy="deepspeed", zero_stage=1, workers=2, cpus_per_worker=1.0))
     with tempfile.TemporaryDirectory() as out:
         marks = Path(out) / "steps.txt"
         started = time.time()
-        train_student(training, StudentSpec(preset=preset, max_length=128), CLASSES, train, val, out,
-                      callbacks=[StepTimes(str(marks))])
+        train_student(training, StudentSpec.model_validate({"preset": preset, "max_length": 128}), CLASSES, train, val,
+                      out, callbacks=[StepTimes(str(marks))])
         ended = time.time()
         steps = [float(line) for line in marks.read_text().split()]
     first, last = min(steps), max(steps)

@@ -4,6 +4,7 @@ same model and rows, and the bytes each labelled row takes on disk.
 
     .venv/bin/python benchmarks/bench_labeling.py --quick     # 4 shards x 500 rows, ~1.5 min on 2 cores
     .venv/bin/python benchmarks/bench_labeling.py             # 8 shards x 1,000 rows, ~3 min
+    .venv/bin/python benchmarks/bench_labeling.py --smoke     # 2 shards x 100 rows, a tiny teacher: the code runs
 
 The teacher is bundled:all-minilm-l6-v2 with a fresh, seeded 2-class head (benign/malicious): speed does not
 depend on the weights, so it is not fine-tuned. Rows are real: command lines from tldr and NL2Bash, URLs from
@@ -19,6 +20,7 @@ after a warm-up chunk. Every engine runs --threads torch threads (OMP_NUM_THREAD
 asks Ray for as many CPUs, from which Ray sets the same variable). Numbers swing with other load on the
 machine (on 2 cores, Ray's own processes compete with a 2-thread engine): each part's 1-minute load average
 before and after is printed with it; compare rates only between parts that ran under similar load.
+Writes benchmarks/bench_labeling.{json,md} (--smoke: a temporary folder).
 """
 
 from __future__ import annotations
@@ -42,6 +44,9 @@ import pandas as pd  # noqa: E402
 import pyarrow as pa  # noqa: E402
 import pyarrow.parquet as pq  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results import SHARED, Results, table, tiny_teacher  # noqa: E402
+
 from smallsec_ray.data.schema import CANONICAL_SCHEMA, GROUP, ID, LABEL, SOURCE, TEXT  # noqa: E402
 from smallsec_ray.labeling import PROBS_DIR, label_shard, label_shards  # noqa: E402
 from smallsec_ray.runtime import apply_env_defaults  # noqa: E402
@@ -49,7 +54,7 @@ from smallsec_ray.teachers.backends import make_teacher  # noqa: E402
 from smallsec_ray.teachers.bundled import resolve_model  # noqa: E402
 
 CLASSES = ["benign", "malicious"]
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+TEACHER = "bundled:all-minilm-l6-v2"
 CMDLINE_FILES = ["tldr.jsonl.gz", "nl2bash.jsonl"]
 URL_FILES = ["tranco_top100k.csv", "urlhaus.csv"]
 PARTS = ("pipeline", "loop", "hf")
@@ -88,18 +93,23 @@ def write_shards(data: Path, folder: Path, shards: int, rows: int) -> dict[str, 
     return artifacts
 
 
-def write_teacher(folder: Path) -> None:
-    """MiniLM with a new seeded 2-class head, saved as a safetensors sequence-classifier folder."""
+def write_teacher(folder: Path, smoke: bool) -> str:
+    """MiniLM with a new seeded 2-class head, saved as a safetensors sequence-classifier folder (smoke: the
+    tiny BERT classifier); returns what the report calls it."""
+    if smoke:
+        tiny_teacher(folder, CLASSES)
+        return "tiny 2-layer BERT classifier (tests/tiny_models.py)"
     import torch
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    source = resolve_model("bundled:all-minilm-l6-v2")
+    source = resolve_model(TEACHER)
     torch.manual_seed(0)
     model = AutoModelForSequenceClassification.from_pretrained(
         source, num_labels=len(CLASSES), id2label=dict(enumerate(CLASSES)),
         label2id={c: i for i, c in enumerate(CLASSES)})
     model.save_pretrained(folder, safe_serialization=True)
     AutoTokenizer.from_pretrained(source).save_pretrained(folder)
+    return f"{TEACHER} (fresh 2-class head)"
 
 
 def teacher_cfg(work: Path, backend: str, max_length: int) -> dict:
@@ -192,49 +202,53 @@ def bytes_per_row(work: Path, artifacts: dict[str, str]) -> list[tuple[str, int,
     return table
 
 
-def report(args: argparse.Namespace, results: dict[str, dict], sizes: list, max_diff: float) -> None:
+def report(args: argparse.Namespace, teacher: str, results: dict[str, dict], sizes: list, max_diff: float) -> str:
+    """The benchmark's tables (Markdown), with what ran and how loaded the machine was."""
     pipe, loop, hf = results["pipeline"], results["loop"], results["hf"]
-    print(f"\n{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{shlex.join(['python', *sys.argv])}`")
-    print(f"bundled:all-minilm-l6-v2 (fresh 2-class head), vLLM pooling runner, float32, max_length "
-          f"{args.max_length}, batch {args.batch_size}; {args.shards} shards x {args.rows:,} rows (command lines "
-          f"and URLs alternating); {args.threads} torch thread(s) per engine (the pipeline's replica has "
-          f"{args.threads} CPUs); {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f} at the end\n")
-    print("| labelling path | rows | whole call s | rows/s whole call | rows/s steady | load avg |")
-    print("|---|---:|---:|---:|---:|---|")
-    print(f"| plain loop: make_teacher + label_shard per shard, 1 process (engine start "
-          f"{loop['engine_start']:.1f} s) | {loop['rows']:,} | {loop['seconds']:.1f} | "
-          f"{loop['rows'] / loop['seconds']:,.0f} | {loop['steady']:,.0f} | {loop['load']} |")
-    print(f"| Ray Data label_shards, 1 replica (Ray start {pipe['ray_start']:.1f} s, not counted) | "
-          f"{pipe['rows']:,} | {pipe['seconds']:.1f} | {pipe['rows'] / pipe['seconds']:,.0f} | "
-          f"{pipe['steady']:,.0f} | {pipe['load']} |")
-    print(f"| **pipeline / loop** | | | **{(pipe['rows'] / pipe['seconds']) / (loop['rows'] / loop['seconds']):.2f}x**"
-          f" | **{pipe['steady'] / loop['steady']:.2f}x** (goal >= 0.90) | |")
+    lines = [f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, `{shlex.join(['python', *sys.argv])}`", "",
+             f"{teacher}, vLLM pooling runner, float32, max_length {args.max_length}, batch {args.batch_size}; "
+             f"{args.shards} shards x {args.rows:,} rows (command lines and URLs alternating); {args.threads} torch "
+             f"thread(s) per engine (the pipeline's replica has {args.threads} CPUs); {os.cpu_count()} cores, load "
+             f"average {os.getloadavg()[0]:.1f} at the end", ""]
+    pipe_rate, loop_rate = pipe["rows"] / pipe["seconds"], loop["rows"] / loop["seconds"]
     # The replica imports torch, pyarrow and the labelling code in its actor, inside the pipeline's whole call;
     # the loop's process imported them before its timer started.
     with_imports = loop["seconds"] + loop["imports"]
-    print(f"| pipeline / loop with its process's imports ({loop['imports']:.1f} s) | | {with_imports:.1f} | "
-          f"**{(pipe['rows'] / pipe['seconds']) / (loop['rows'] / with_imports):.2f}x** | | |\n")
+    lines.append(table(
+        ["labelling path", "rows", "whole call s", "rows/s whole call", "rows/s steady", "load avg"],
+        [[f"plain loop: make_teacher + label_shard per shard, 1 process (engine start {loop['engine_start']:.1f} s)",
+          f"{loop['rows']:,}", f"{loop['seconds']:.1f}", f"{loop_rate:,.0f}", f"{loop['steady']:,.0f}", loop["load"]],
+         [f"Ray Data label_shards, 1 replica (Ray start {pipe['ray_start']:.1f} s, not counted)", f"{pipe['rows']:,}",
+          f"{pipe['seconds']:.1f}", f"{pipe_rate:,.0f}", f"{pipe['steady']:,.0f}", pipe["load"]],
+         ["**pipeline / loop**", "", "", f"**{pipe_rate / loop_rate:.2f}x**",
+          f"**{pipe['steady'] / loop['steady']:.2f}x** (goal >= 0.90)", ""],
+         [f"pipeline / loop with its process's imports ({loop['imports']:.1f} s)", "", f"{with_imports:.1f}",
+          f"**{pipe_rate / (loop['rows'] / with_imports):.2f}x**", "", ""]],
+        right=(1, 2, 3, 4)))
     vllm_rate = loop["probs_rows"] / loop["probs_seconds"]
     hf_rate = hf["probs_rows"] / hf["probs_seconds"]
-    print("| backend: Teacher.probs, same model and rows, after warm-up | rows | s | rows/s | vs HF | load avg |")
-    print("|---|---:|---:|---:|---:|---|")
-    print(f"| Hugging Face transformers | {hf['probs_rows']:,} | {hf['probs_seconds']:.1f} | {hf_rate:,.0f} | 1.00x "
-          f"| {hf['load']} |")
-    print(f"| vLLM | {loop['probs_rows']:,} | {loop['probs_seconds']:.1f} | {vllm_rate:,.0f} | "
-          f"{vllm_rate / hf_rate:.2f}x | {loop['load']} (whole loop part) |")
-    print(f"\nmax |p_vLLM - p_HF| over all rows and classes: {max_diff:.2e}\n")
-    print("| artifact | labelled rows | input B/row | labelled B/row | added by labelling |")
-    print("|---|---:|---:|---:|---:|")
-    for artifact, rows, before, after in sizes:
-        print(f"| {artifact} | {rows:,} | {before:.1f} | {after:.1f} | {after / before:.2f}x |")
+    lines.append(table(
+        ["backend: Teacher.probs, same model and rows, after warm-up", "rows", "s", "rows/s", "vs HF", "load avg"],
+        [["Hugging Face transformers", f"{hf['probs_rows']:,}", f"{hf['probs_seconds']:.1f}", f"{hf_rate:,.0f}",
+          "1.00x", hf["load"]],
+         ["vLLM", f"{loop['probs_rows']:,}", f"{loop['probs_seconds']:.1f}", f"{vllm_rate:,.0f}",
+          f"{vllm_rate / hf_rate:.2f}x", f"{loop['load']} (whole loop part)"]],
+        right=(1, 2, 3, 4)))
+    lines += [f"max |p_vLLM - p_HF| over all rows and classes: {max_diff:.2e}", ""]
+    lines.append(table(["artifact", "labelled rows", "input B/row", "labelled B/row", "added by labelling"],
+                       [[artifact, f"{rows:,}", f"{before:.1f}", f"{after:.1f}", f"{after / before:.2f}x"]
+                        for artifact, rows, before, after in sizes], right=(1, 2, 3, 4)))
+    return "\n".join(lines)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="4 shards x 500 rows")
+    parser.add_argument("--smoke", action="store_true", help="2 shards x 100 rows, the tiny teacher, max_length 32, "
+                        "every part: checks that the benchmark runs (results go to a temporary folder)")
     parser.add_argument("--shards", type=int, default=8)
     parser.add_argument("--rows", type=int, default=1_000, help="rows per shard")
-    parser.add_argument("--data", type=Path, default=DEFAULT_DATA, help="the shared data folder")
+    parser.add_argument("--data", type=Path, default=SHARED, help="the shared data folder")
     parser.add_argument("--max-length", type=int, default=128, help="teacher max_length (tokens)")
     parser.add_argument("--batch-size", type=int, default=64, help="rows per teacher call")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 1,
@@ -253,13 +267,23 @@ def main() -> None:
         return
     if args.quick:
         args.shards, args.rows = 4, 500
+    if args.smoke:
+        args.shards, args.rows, args.max_length = 2, 100, 32
+    out = Results("bench_labeling", smoke=args.smoke)
     with tempfile.TemporaryDirectory(prefix="bench-labeling-") as tmp:
         work = Path(tmp)
         artifacts = write_shards(args.data, work / "shards", args.shards, args.rows)
-        write_teacher(work / "teacher")
+        teacher = write_teacher(work / "teacher", args.smoke)
         results = {part: run_part(part, work, args) for part in PARTS}
         max_diff = float(np.abs(np.load(work / "probs-vllm.npy") - np.load(work / "probs-hf.npy")).max())
-        report(args, results, bytes_per_row(work, artifacts), max_diff)
+        sizes = bytes_per_row(work, artifacts)
+        text = report(args, teacher, results, sizes, max_diff)
+    print("\n" + text)
+    figures = {"teacher": teacher, "shards": args.shards, "rows_per_shard": args.rows, "max_length": args.max_length,
+               "batch_size": args.batch_size, "threads": args.threads, "parts": results, "max_abs_diff": max_diff,
+               "bytes_per_row": [{"artifact": a, "rows": n, "input": before, "labelled": after}
+                                 for a, n, before, after in sizes]}
+    print(f"results: {out.write(figures, markdown=text)}")
 
 
 if __name__ == "__main__":

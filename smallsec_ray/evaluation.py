@@ -412,9 +412,10 @@ def merge_audits(audits: list[Audit], top_k: int) -> Audit:
     merged = Audit(classes=first.classes, top_k=top_k, min_confidence=first.min_confidence,
                    n_rows=sum(a.n_rows for a in audits), n_labelled=sum(a.n_labelled for a in audits),
                    n_disagreements=sum(a.n_disagreements for a in audits), rows=rows)
-    if all(a.n_wrong_labels is not None for a in audits):
+    wrong = [a.n_wrong_labels for a in audits if a.n_wrong_labels is not None]
+    if len(wrong) == len(audits):
         found = sum(row.given_label != row.true_label for row in rows)  # listed rows are all labelled
-        merged.n_wrong_labels = sum(a.n_wrong_labels for a in audits)
+        merged.n_wrong_labels = sum(wrong)
         merged.precision = found / len(rows) if rows else None
         merged.recall = found / merged.n_wrong_labels if merged.n_wrong_labels else None
     return merged

@@ -206,6 +206,8 @@ def quantize_int8(model_dir: str | Path, texts: Sequence[str], positive: np.ndar
 
     model_dir = Path(model_dir)
     config = read_config(model_dir)
+    if config.onnx is None:
+        raise StageError(f"export: {model_dir} has no ONNX graph to quantize; export_onnx it first")
     ids = encoder_from_config(config.encoder).encode(list(texts))
     calibrate, check, is_positive = ids[0::2], ids[1::2], np.asarray(positive)[1::2]
     if len(calibrate) == 0 or len(check) == 0:
@@ -247,12 +249,12 @@ def _agreement(fp32: np.ndarray, int8: np.ndarray, is_positive: np.ndarray, thre
     from sklearn.metrics import roc_auc_score
 
     both = len(set(is_positive.tolist())) == 2
-    auc = {"fp32": float(roc_auc_score(is_positive, fp32)) if both else None,
-           "int8": float(roc_auc_score(is_positive, int8)) if both else None}
+    auc_fp32 = float(roc_auc_score(is_positive, fp32)) if both else None
+    auc_int8 = float(roc_auc_score(is_positive, int8)) if both else None
     unchanged = float(np.mean((fp32 >= threshold) == (int8 >= threshold)))
-    auc_drop = auc["fp32"] - auc["int8"] if both else 0.0
+    auc_drop = auc_fp32 - auc_int8 if auc_fp32 is not None and auc_int8 is not None else 0.0
     return {"accepted": auc_drop <= INT8_MAX_AUC_DROP and unchanged >= INT8_MIN_AGREEMENT,
-            "auc_fp32": auc["fp32"], "auc_int8": auc["int8"], "decisions_unchanged": unchanged}
+            "auc_fp32": auc_fp32, "auc_int8": auc_int8, "decisions_unchanged": unchanged}
 
 
 def _in_batches(probabilities: Callable[[np.ndarray], np.ndarray], ids: np.ndarray,

@@ -53,7 +53,7 @@ IDENTITY_FREE = ("model", "backend", "device", "engine")
 # A replica whose node is lost comes back as often as it takes, and its shard in flight is labelled again
 # (Ray Data's defaults today; said here because the no-row-lost promise rests on them). A shard labelled
 # twice is written twice under the same name, never appended to.
-REPLICA_FAULT_TOLERANCE = {"max_restarts": -1, "max_task_retries": -1}
+REPLICA_FAULT_TOLERANCE: dict[str, Any] = {"max_restarts": -1, "max_task_retries": -1}
 
 
 @dataclass
@@ -120,7 +120,8 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     identity = teacher_identity(**teacher_args)  # config errors surface here, not inside the actors
     out = str(out_dir)
     plan = _output_paths(input_paths, out)
-    done, pending = [], []
+    done: list[str] = []
+    pending: list[str] = []
     for source, target in plan.items():
         (done if storage.is_file(target) else pending).append(source)
     results = {s: _finished_shard(s, out, classes, identity) for s in done}
@@ -217,7 +218,7 @@ class ShardLabeller:
         return {key: [row[key] for row in rows] for key in rows[0]}
 
 
-def label_shard(teacher: Teacher, source: str, out_dir: str, batch_size: int = 64,
+def label_shard(teacher: Teacher, source: str, out_dir: str | Path, batch_size: int = 64,
                 on_too_long: OnTooLong = "truncate", on_rows: Callable[[int], None] | None = None) -> ShardLabels:
     """Labels one shard with a loaded teacher: writes probs/NAME.parquet (and quarantine/NAME.parquet
     when rows are set aside), each renamed into place once complete, quarantine first. `on_rows` hears
@@ -284,15 +285,15 @@ class _AtomicWriter:
         self.rows = 0
         self.truncated = 0
 
-    def ensure_open(self) -> None:
+    def ensure_open(self) -> pq.ParquetWriter:
         if self.writer is None:
             self.output = storage.open_output(self.target)
             self.writer = pq.ParquetWriter(self.output.__enter__(), self.schema)
+        return self.writer
 
     def write(self, table: pa.Table) -> None:
         if table.num_rows:
-            self.ensure_open()
-            self.writer.write_table(table.cast(self.schema))
+            self.ensure_open().write_table(table.cast(self.schema))
             self.rows += table.num_rows
             if TRUNCATED in table.column_names:
                 self.truncated += int(table[TRUNCATED].to_numpy().sum())

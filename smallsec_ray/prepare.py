@@ -29,6 +29,7 @@ import re
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import pyarrow.compute as pc
@@ -195,7 +196,8 @@ def run_prepare(ctx: StageContext) -> PreparedData:
             shards.append(_Shard(part, path, storage.join(ctx.store_dir, part, name),
                                  storage.join(ctx.store_dir, "quarantine", part, name),
                                  storage.join(ctx.store_dir, "quarantine", part, "duplicate-ids-" + name)))
-    reads = [_read_and_validate.remote(s, number, data, spec.classes) for number, s in enumerate(shards)]
+    # num_returns=2: each is a pair of refs, which Ray's typing (one ref per call) does not model.
+    reads: list[Any] = [_read_and_validate.remote(s, number, data, spec.classes) for number, s in enumerate(shards)]
     summaries = ray.get([r[0] for r in reads])
     read = [n for n, s in enumerate(summaries) if "skipped" not in s]
     inputs = ray.put([s.input for s in shards])  # once in the object store, not in every task's arguments
@@ -216,7 +218,11 @@ def run_prepare(ctx: StageContext) -> PreparedData:
     parts = {}
     for part in PARTS:
         mine = [n for n in read if shards[n].part == part]
-        rows, reasons, by_split, by_label, quarantine = RowCounts(), Counter(), Counter(), Counter(), []
+        rows = RowCounts()
+        reasons: Counter[str] = Counter()
+        by_split: Counter[str] = Counter()
+        by_label: Counter[str] = Counter()
+        quarantine: list[str] = []
         for n in mine:
             summary, moved = summaries[n], finished[n]["moved"]
             rows += RowCounts(summary["rows"].rows_in, summary["rows"].rows_out - moved,

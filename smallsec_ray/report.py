@@ -206,7 +206,7 @@ def _markdown(job: dict, stages: list[dict], models: list[ModelReport], comparis
 def _stage_table(stages: list[dict]) -> str:
     rows = []
     for s in stages:
-        counts = [s.get("rows_in"), s.get("rows_out"), s.get("rows_quarantined")]
+        counts: list[Any] = [s.get("rows_in"), s.get("rows_out"), s.get("rows_quarantined")]
         check = "" if None in counts else ("yes" if counts[0] == counts[1] + counts[2] else "**NO**")
         details = "; ".join(f"{k}={_value(v)}" for k, v in s.items()
                             if k not in ("stage", "rows_in", "rows_out", "rows_quarantined"))

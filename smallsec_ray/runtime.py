@@ -78,7 +78,7 @@ def init_ray(address: str | None = None, num_cpus: int | None = None, dashboard:
     private_auth_token()
     # address="local": always a new instance, never a cluster some other process started here.
     ray.init(address="local", num_cpus=cpus, include_dashboard=dashboard, dashboard_host="127.0.0.1",
-             runtime_env=env, log_to_driver=True, configure_logging=True, logging_level="WARNING")
+             runtime_env=env, log_to_driver=True, configure_logging=True, logging_level=logging.WARNING)
     return True
 
 

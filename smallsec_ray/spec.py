@@ -28,7 +28,7 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, validate_default=True, allow_inf_nan=False)
 
 
-PathList = Annotated[list[str], Field(default_factory=list)]
+PathList = list[str]  # paths, globs or URIs of files; each field of this type defaults to none
 
 
 class Columns(Section):
@@ -81,12 +81,13 @@ class NoiseSpec(Section):
 
 
 class DataSpec(Section):
-    labelled: PathList = Field(description="Shards of clean, analyst-labelled rows (teacher fine-tuning, "
-                               "evaluation). Paths, globs or URIs (file://, s3://, gs://).")
-    noisy: PathList = Field(description="Shards of noisily labelled rows (the large set the teacher relabels).")
-    unlabelled: PathList = Field(description="Shards of unlabelled rows (pseudo-labelling).")
-    test: PathList = Field(description="Optional shards used only as the test split (else the test split is "
-                           "carved from the labelled rows).")
+    labelled: PathList = Field(default_factory=list, description="Shards of clean, analyst-labelled rows (teacher "
+                               "fine-tuning, evaluation). Paths, globs or URIs (file://, s3://, gs://).")
+    noisy: PathList = Field(default_factory=list, description="Shards of noisily labelled rows (the large set the "
+                            "teacher relabels).")
+    unlabelled: PathList = Field(default_factory=list, description="Shards of unlabelled rows (pseudo-labelling).")
+    test: PathList = Field(default_factory=list, description="Optional shards used only as the test split (else the "
+                           "test split is carved from the labelled rows).")
     format: Literal["auto", "parquet", "jsonl", "csv"] = Field(
         "auto", description="Shard format; auto picks by extension (.parquet, .jsonl, .jsonl.gz, .csv, .csv.gz).")
     columns: Columns = Field(default_factory=Columns, description="Column mapping into the canonical schema.")
@@ -380,8 +381,8 @@ class SyntheticSpec(Section):
                                   "which a candidate is a near duplicate of one kept before it.")
     seed_similarity: float = Field(0.7, gt=0, le=1, description="Similarity to any seed artifact at which a "
                                    "candidate is dropped as a copy of its seed.")
-    seeds: PathList = Field(description="Optional shards of seed artifacts (text column): candidates too close to "
-                            "any are dropped.")
+    seeds: PathList = Field(default_factory=list, description="Optional shards of seed artifacts (text column): "
+                            "candidates too close to any are dropped.")
     replay_rows: int = Field(2000, ge=0, description="Real training rows replayed with the synthetic ones (a "
                              "seeded sample), so the student keeps what it knew.")
     replay_targets: Literal["labels", "production"] = Field(
@@ -468,10 +469,10 @@ class JobSpec(Section):
     evaluation: EvaluationSpec = Field(default_factory=EvaluationSpec, description="Metrics and report.")
     resources: ResourcesSpec = Field(default_factory=ResourcesSpec, description="Where Ray runs.")
     output: str = Field(description="Folder of the run's stages, manifests, report and models.")
-    reuse_from: PathList = Field(description="Earlier runs (their output folders) whose complete stages this run "
-                                 "takes instead of running them again, where a stage's keys and inputs are the "
-                                 "same (an experiment's configurations share one teacher); their files stay "
-                                 "where they are and this run's manifests point at them.")
+    reuse_from: PathList = Field(default_factory=list, description="Earlier runs (their output folders) whose "
+                                 "complete stages this run takes instead of running them again, where a stage's "
+                                 "keys and inputs are the same (an experiment's configurations share one teacher); "
+                                 "their files stay where they are and this run's manifests point at them.")
     _secrets: dict[str, str] = PrivateAttr(default_factory=dict)  # value -> name of secret ${VARS} it expanded
 
     def public_dump(self) -> dict[str, Any]:
@@ -791,9 +792,9 @@ def parse_override(text: str) -> tuple[str, Any]:
 def _yaml_problem(err: yaml.YAMLError) -> str:
     """The YAML error on one line: where and what, e.g. ", line 8, column 1: found character '\\t' that cannot
     start any token (while scanning for the next token)". PyYAML's own message spans several lines."""
-    mark = getattr(err, "problem_mark", None)
-    if mark is None:
+    if not isinstance(err, yaml.MarkedYAMLError) or err.problem_mark is None:
         return f": {err}"
+    mark = err.problem_mark
     context = f" ({err.context})" if err.context else ""
     return f", line {mark.line + 1}, column {mark.column + 1}: {err.problem}{context}"
 

@@ -32,7 +32,7 @@ from dataclasses import asdict, dataclass, field, fields, is_dataclass
 from datetime import UTC, datetime
 from functools import cached_property
 from pathlib import Path
-from typing import Any, get_type_hints
+from typing import TYPE_CHECKING, Any, get_type_hints
 
 from pydantic import TypeAdapter
 
@@ -40,6 +40,9 @@ from smallsec_ray import storage
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.errors import StageError
 from smallsec_ray.spec import JobSpec
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 MANIFEST = "manifest.json"
 STARTED = "started.json"  # the fingerprint a stage was started with: a run that died resumes only under it
@@ -155,7 +158,7 @@ class Stage:
     about: str = ""
 
     @cached_property
-    def result_type(self) -> type:
+    def result_type(self) -> type[DataclassInstance]:
         return get_type_hints(self.run)["return"]
 
 

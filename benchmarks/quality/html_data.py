@@ -67,7 +67,7 @@ def load(shared: Path, seed: int = 0) -> pd.DataFrame:
     brand_share = rows.loc[phishing, "group"].map(lambda g: _hash(g, seed))
     rows.loc[phishing, "split"] = ["train" if h < 0.6 else "validation" if h < 0.75 else "test" for h in brand_share]
     # A site in two splits goes to the most held-out one.
-    most = rows.groupby("group")["split"].agg(lambda s: max(s, key=ORDER.get))
+    most = rows.groupby("group")["split"].agg(lambda s: max(s, key=ORDER.__getitem__))
     rows["moved"] = rows["split"] != rows["group"].map(most)
     rows["split"] = rows["group"].map(most)
     rows["id"] = [f"{s}-{k}" for s, k in zip(rows["source"], range(len(rows)), strict=True)]

@@ -110,7 +110,8 @@ def generation_figures(results: RunResults) -> dict:
     """The one generation every run shares: candidates, acceptances and rejections per family, speed, slots."""
     families = results["filter"].families
     seconds = sum(f.generation_seconds for f in families)
-    pages, complete, reasons = 0, 0, Counter()
+    pages, complete = 0, 0
+    reasons: Counter[str] = Counter()
     folder = Path(results.location(results["generate"].folder)) / "candidates"
     for path in sorted(folder.glob("*.parquet")):
         for unfilled in pq.read_table(path, columns=["unfilled"]).column("unfilled").to_pylist():
@@ -326,6 +327,8 @@ def main() -> int:
     print(f"results: {out.write(figures, markdown=markdown(figures), figure=figure(figures))}")
     levers = ["weight0.3"] if args.smoke else (args.levers or list(RECIPES)) if args.levers is not None else []
     if levers:
+        if first is None:
+            raise SystemExit("levers start from the first run: give at least one version and repeat")
         found = jsonable(run_levers(read_results(first), levers, base))
         print(levers_markdown(found))
         written = Results(f"{args.name}_levers", folder=out.folder).write(found, markdown=levers_markdown(found))

@@ -31,7 +31,7 @@ from results import SHARED, Results  # noqa: E402
 from url_data import CLASSES, write_experiment_shards  # noqa: E402
 
 from smallsec_ray.runtime import init_ray  # noqa: E402
-from smallsec_ray.spec import DistillationSpec, FitSpec, StudentSpec  # noqa: E402
+from smallsec_ray.spec import DistillationSpec, FitSpec, ScalingSpec, StudentSpec  # noqa: E402
 from smallsec_ray.training.trainer import train_student  # noqa: E402
 
 RECIPES = {  # name: (workers, cpus per worker, batch per worker, learning rate, epochs, patience)
@@ -68,7 +68,7 @@ def main() -> int:
     train = ray.data.from_pandas(rows[rows["split"] == "train"]).materialize()
     val = ray.data.from_pandas(rows[rows["split"] == "validation"]).materialize()
     picked = [list(RECIPES)[int(i)] for i in args.recipes.split(",")] if args.recipes else list(RECIPES)
-    student = StudentSpec(model="char_cnn", preset=preset, max_length=128)
+    student = StudentSpec.model_validate({"model": "char_cnn", "preset": preset, "max_length": 128})
     distillation = DistillationSpec(alpha=0.5, temperature=2.0)
     results = []
     for name in picked:
@@ -77,7 +77,7 @@ def main() -> int:
         for seed in range(args.seeds):
             fit = FitSpec(epochs=epochs, batch_size=batch, learning_rate=lr, schedule="cosine", warmup=0.1,
                           early_stopping_patience=patience, select_by="auc",
-                          scaling={"strategy": "ddp", "workers": workers, "cpus_per_worker": cpus})
+                          scaling=ScalingSpec(strategy="ddp", workers=workers, cpus_per_worker=cpus))
             started = time.time()
             with tempfile.TemporaryDirectory() as folder:
                 model = train_student(fit, student, CLASSES, train, val, folder, distillation=distillation, seed=seed)

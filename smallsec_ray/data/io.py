@@ -198,13 +198,16 @@ def _open_stream(fs: pafs.FileSystem, fs_path: str, path: str) -> IO[bytes]:
     return io.BufferedReader(fs.open_input_stream(fs_path, compression=compression))
 
 
+_Failure = tuple[int, str, str | None]  # (row number, reason, raw text)
+
+
 @dataclass
 class _Parsed:
     """What a format reader got: good records as a table, their row numbers, and rows it could not parse."""
 
     table: pa.Table
     row_numbers: list[int]
-    failures: list[tuple[int, str, str | None]]  # (row number, reason, raw text)
+    failures: list[_Failure]
 
 
 def read_shard(path: str, columns: Columns, fmt: str = "auto", max_rows: int | None = None,
@@ -257,16 +260,18 @@ def _read_parquet(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | 
 
 
 def _read_jsonl(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None, text: list[str]) -> _Parsed:
-    records, row_numbers, failures = [], [], []
+    records: list[dict] = []
+    row_numbers: list[int] = []
+    failures: list[_Failure] = []
     with _open_stream(fs, fs_path, path) as stream:
         for line_no, line in _numbered_lines(stream):
             if max_rows is not None and len(records) + len(failures) >= max_rows:
                 break
             record, reason = _parse_json_line(line)
-            value = next((record[c] for c in text if record.get(c) is not None), None) if reason is None else None
+            value = None if record is None else next((record[c] for c in text if record.get(c) is not None), None)
             if value is not None and not isinstance(value, str):
                 reason = f"the text is a {_JSON_KIND.get(type(value), type(value).__name__)}, not a string"
-            if reason is None:
+            if record is not None and reason is None:
                 records.append(record)
                 row_numbers.append(line_no)
             else:
@@ -290,7 +295,7 @@ def _parse_json_line(line: bytes) -> tuple[dict | None, str | None]:
         return None, f"invalid UTF-8 at byte {err.start}"
     try:
         record = json.loads(text)
-    except ValueError as err:
+    except json.JSONDecodeError as err:
         return None, f"not valid JSON ({err.msg} at column {err.colno})"
     if not isinstance(record, dict):
         return None, f"not a JSON object (got a JSON {type(record).__name__})"
@@ -311,9 +316,10 @@ def _read_csv(fs: pafs.FileSystem, fs_path: str, path: str, max_rows: int | None
         lines = _RecordedLines(text)
         # strict: a quote that never closes is an error, not a field that swallows every line after it.
         reader = csv.reader(lines, strict=True)
-        header = next((row for row in reader if row), None)
-        _check_csv_header(header, path)
-        rows, row_numbers, failures = [], [], []
+        header = _check_csv_header(next((row for row in reader if row), None), path)
+        rows: list[list[str]] = []
+        row_numbers: list[int] = []
+        failures: list[_Failure] = []
         line_no = reader.line_num
         while max_rows is None or len(rows) + len(failures) < max_rows:
             lines.current = []
@@ -343,7 +349,8 @@ class _RecordedLines:
     """The lines of a text stream, the ones of the current CSV record kept in `current`."""
 
     def __init__(self, text: IO[str]):
-        self.text, self.current = text, []
+        self.text = text
+        self.current: list[str] = []
 
     def __iter__(self) -> _RecordedLines:
         return self
@@ -354,8 +361,8 @@ class _RecordedLines:
         return line
 
 
-def _add_csv_row(row: list[str], line: int, header: list[str], rows: list, row_numbers: list[int],
-                 failures: list) -> None:
+def _add_csv_row(row: list[str], line: int, header: list[str], rows: list[list[str]], row_numbers: list[int],
+                 failures: list[_Failure]) -> None:
     if not row:
         return
     reason = _csv_row_problem(row, header)
@@ -367,7 +374,8 @@ def _add_csv_row(row: list[str], line: int, header: list[str], rows: list, row_n
         failures.append((line, f"line {line}: {reason}", _raw_text(raw)))
 
 
-def _check_csv_header(header: list[str] | None, path: str) -> None:
+def _check_csv_header(header: list[str] | None, path: str) -> list[str]:
+    """The header, if it names each column once in UTF-8."""
     if header is None:
         raise DataError(f"{path}: no CSV header row; the first line must name the columns")
     if _csv_row_problem(header, header) is not None:
@@ -375,6 +383,7 @@ def _check_csv_header(header: list[str] | None, path: str) -> None:
     repeated = sorted({name for name in header if header.count(name) > 1})
     if repeated:
         raise DataError(f"{path}: the CSV header repeats the column(s) {repeated}; give each column its own name")
+    return header
 
 
 def _csv_row_problem(row: list[str], header: list[str]) -> str | None:

@@ -41,7 +41,9 @@ class NoisePlan:
     @property
     def columns(self) -> tuple[str, ...]:
         """The columns besides id and label that applying the plan reads."""
-        return {"rows": (), "groups": (GROUP,), "column": (self.column,)}[self.mode]
+        by_mode: dict[str, tuple[str, ...]] = {"rows": (), "groups": (GROUP,),
+                                               "column": (self.column,) if self.column else ()}
+        return by_mode[self.mode]
 
 
 def plan_noise(mode: str, flip_rates: Mapping[str, float], classes: Sequence[str], seed: int,

@@ -48,7 +48,7 @@ def _decode_binary_columns(table: pa.Table) -> tuple[pa.Table, Reasons]:
     for name in CANONICAL:
         if name not in table.column_names or not pa.types.is_binary(table.schema.field(name).type):
             continue
-        values = []
+        values: list[str | None] = []
         for row, value in enumerate(table.column(name).to_pylist()):
             if value is None:
                 values.append(None)

@@ -7,23 +7,23 @@ value, not just the preset name), so a checkpoint stays loadable when presets ch
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from typing import Any
-
-from torch import nn
 
 from smallsec_ray.students import char_cnn, html_model
 from smallsec_ray.students.encoders import Encoder
 
-_FAMILIES = {
+Student = char_cnn.CharCNN | html_model.HtmlHierModel
+
+# name -> (model class, config class, presets, the config key `max_length` overrides)
+_FAMILIES: dict[str, tuple[type[Student], type, Mapping[str, Any], str]] = {
     "char_cnn": (char_cnn.CharCNN, char_cnn.CharCNNConfig, char_cnn.PRESETS, "max_length"),
     "html_hier": (html_model.HtmlHierModel, html_model.HtmlHierConfig, html_model.PRESETS, "max_tokens"),
 }
 
-Student = char_cnn.CharCNN | html_model.HtmlHierModel
-
 
 def build_student(model: str, preset: str, num_classes: int,
-                  max_length: int | None = None) -> tuple[nn.Module, Encoder]:
+                  max_length: int | None = None) -> tuple[Student, Encoder]:
     """A freshly initialised student and its encoder. `max_length` (characters for char_cnn, tokens
     for html_hier) overrides the preset's."""
     if model not in _FAMILIES:
@@ -46,7 +46,7 @@ def student_config(student: Student) -> dict[str, Any]:
             "arch": dataclasses.asdict(student.config)}
 
 
-def build_from_config(cfg: dict[str, Any]) -> tuple[nn.Module, Encoder]:
+def build_from_config(cfg: dict[str, Any]) -> tuple[Student, Encoder]:
     """Rebuilds a student (freshly initialised; load the state dict next) and its encoder from
     `student_config`'s dict, e.g. as read back from a checkpoint's JSON."""
     try:

@@ -19,10 +19,9 @@ from typing import Any
 import torch
 from pydantic import TypeAdapter, ValidationError
 from safetensors.torch import load_file, save_file
-from torch import nn
 
 from smallsec_ray.errors import DataError
-from smallsec_ray.students import build_from_config
+from smallsec_ray.students import Student, build_from_config
 from smallsec_ray.students.encoders import Encoder, encoder_from_config
 
 FORMAT = "smallsec-student/2"
@@ -109,7 +108,7 @@ def model_folder(path: str | Path) -> Path:
                     f"{MODEL_DIR}/ folder holding them); give the model folder that training or export wrote")
 
 
-def load_model(path: str | Path) -> tuple[nn.Module, Encoder, ModelConfig]:
+def load_model(path: str | Path) -> tuple[Student, Encoder, ModelConfig]:
     """(model in eval mode, its encoder, its config) from a model folder; no Ray needed."""
     folder = model_folder(path)
     config = read_config(folder)

@@ -69,7 +69,7 @@ class FamilyCounts:
 
 
 def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg: dict, per_family: int,
-                      params: dict[str, Any], replicas: int = 1, cpus_per_replica: float = 1.0,
+                      params: dict[str, Any], replicas: int | tuple[int, int] = 1, cpus_per_replica: float = 1.0,
                       gpus_per_replica: float = 0.0, resources: dict[str, float] | None = None) -> dict[str, dict]:
     """Writes candidates/FAMILY.parquet for every family whose shard is missing, with `replicas` generative
     teachers; returns each family's generation figures (prompts, seconds), read back for done families.

@@ -23,7 +23,7 @@ import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol, cast, get_args
 
 import numpy as np
 
@@ -32,27 +32,37 @@ from smallsec_ray.runtime import apply_env_defaults
 from smallsec_ray.teachers.bundled import resolve_model
 from smallsec_ray.teachers.prompts import apply_chat_template, build_prompt, control_tokens, escape_markers, fences
 
+if TYPE_CHECKING:
+    from vllm.inputs import TokensPrompt
+
 log = logging.getLogger(__name__)
 
 Kind = Literal["classifier", "generative"]
 Device = Literal["cpu", "cuda"]
 Backend = Literal["vllm", "hf"]
+Dtype = Literal["float32", "bfloat16", "float16"]
 DEFAULT_TEMPLATE = ("Classify the {artifact} between the markers as one of: {classes}.\n<<<ARTIFACT\n{text}\n"
                     "ARTIFACT>>>\nAnswer:")
 HF_BATCH_ROWS = 32
 VLLM_MAX_MODEL_LEN = 8192  # cap for generative engines: room for generation, KV cache stays small
-DTYPES = ("float32", "bfloat16", "float16")
+DTYPES: tuple[Dtype, ...] = get_args(Dtype)
 WEIGHT_SUFFIXES = (".safetensors", ".bin", ".gguf")
 FINGERPRINT_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "vocab.txt")
 
 
 class Scorer(Protocol):
-    """An engine holding the model: token ids in, probabilities in class order out. The scorers of
-    generative models also have `generate(token_ids, max_tokens, temperature, seeds) -> list[str]`."""
+    """An engine holding the model: token ids in, probabilities in class order out."""
 
     def scores(self, token_ids: list[list[int]]) -> np.ndarray: ...
 
     def close(self) -> None: ...
+
+
+class GenerativeScorer(Scorer, Protocol):
+    """The scorer of a generative model, which also completes prompts."""
+
+    def generate(self, token_ids: list[list[int]], max_tokens: int, temperature: float,
+                 seeds: list[int]) -> list[str]: ...
 
 
 class Teacher:
@@ -99,7 +109,8 @@ class Teacher:
         if len(seeds) != len(prompts):
             raise ValueError(f"generate: {len(seeds)} seeds for {len(prompts)} prompts")
         token_ids = [self.inputs.chat_ids(p) for p in prompts]
-        return self.scorer.generate(token_ids, max_tokens, temperature, seeds)
+        # make_teacher pairs prompt inputs with a generative scorer.
+        return cast(GenerativeScorer, self.scorer).generate(token_ids, max_tokens, temperature, seeds)
 
     def close(self) -> None:
         """Frees the engine (with vLLM, needed before another engine starts in this process)."""
@@ -115,6 +126,7 @@ def make_teacher(kind: Kind, backend: Backend, model_dir: str, classes: list[str
     `engine` holds the spec's teacher.engine keys (None values leave those defaults)."""
     plan = _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt_template, verbalizers, device)
     options = engine_options(device, engine or {})
+    scorer: Scorer
     if kind == "classifier":
         pad_id = plan.tokenizer.pad_token_id or 0
         scorer = (VllmClassifier(plan.path, dtype, plan.inputs.max_length, plan.columns, options)
@@ -150,7 +162,7 @@ class _Plan:
     (classifier: index of each class in the head; generative: each class's label token id)."""
 
     path: Path
-    tokenizer: object
+    tokenizer: Any  # a Hugging Face tokenizer; None when check_only skipped loading it
     inputs: ClassifierInputs | PromptInputs
     columns: list[int]
     model_len: int
@@ -178,7 +190,7 @@ def _plan(kind, backend, model_dir, classes, max_length, dtype, artifact, prompt
     identity = {"model": str(path), "backend": backend, "kind": kind, "dtype": dtype,
                 "fingerprint": weights_fingerprint(path)}
     if kind == "classifier":
-        inputs = ClassifierInputs(tokenizer, bounded_length(max_length, config, path))
+        inputs: ClassifierInputs | PromptInputs = ClassifierInputs(tokenizer, bounded_length(max_length, config, path))
         columns = class_columns(config, classes, path)
         model_len = inputs.max_length
     else:
@@ -363,7 +375,8 @@ def _start_vllm(path: Path, dtype: str, max_model_len: int, **kwargs):
     # torch reads TORCH_COMPILE_DISABLE once, at import: a process that imported torch before
     # apply_env_defaults would otherwise compile for ~25 s on its first logprobs call.
     torch._dynamo.config.disable = os.environ.get("TORCH_COMPILE_DISABLE") == "1"
-    llm = LLM(model=str(path), dtype=dtype, max_model_len=max_model_len, seed=0, **kwargs)
+    # _plan checked that dtype is one of DTYPES.
+    llm = LLM(model=str(path), dtype=cast(Dtype, dtype), max_model_len=max_model_len, seed=0, **kwargs)
     _live_engine.append(str(path))
     return llm
 
@@ -374,7 +387,7 @@ def _stop_vllm(llm) -> None:
     _live_engine.clear()
 
 
-def _token_prompts(token_ids: list[list[int]]) -> list[dict]:
+def _token_prompts(token_ids: list[list[int]]) -> list[TokensPrompt]:
     from vllm.inputs import TokensPrompt
 
     return [TokensPrompt(prompt_token_ids=ids) for ids in token_ids]

@@ -60,8 +60,11 @@ SHUFFLE_BUFFER = 10_000  # rows; shard files often hold one source (one class) e
 class Task(Protocol):
     """What the loop needs to know about a model: how to build it, feed it, score its loss and save it."""
 
-    classes: list[str]
-    use_soft_labels: bool
+    @property
+    def classes(self) -> list[str]: ...
+
+    @property
+    def use_soft_labels(self) -> bool: ...
 
     def build(self) -> nn.Module: ...
 
@@ -123,14 +126,15 @@ class EncodeBatch(NumpyBatchCollateFn):
         self.task = task
         self.index = {name: i for i, name in enumerate(task.classes)}
 
-    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:
+    # Ray types the result as CollatedData, a TypeVar bound to nothing, which no concrete type overrides.
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, torch.Tensor]:  # type: ignore[override]
         out = self.task.encode([str(t) for t in batch[TEXT]])
         out["labels"] = torch.tensor([self._label_id(x) for x in batch[LABEL]], dtype=torch.long)
         if self.task.use_soft_labels and PROBS in batch:
             if any(p is None for p in batch[PROBS]):
                 raise DataError(f"some rows have no {PROBS!r} while others do; label every row with the "
                                 f"teacher, or train with use_soft_labels=False")
-            out["probs"] = torch.from_numpy(np.stack(batch[PROBS]).astype(np.float32))
+            out["probs"] = torch.from_numpy(np.stack(list(batch[PROBS])).astype(np.float32))
         if WEIGHT in batch:
             out["weights"] = torch.from_numpy(batch[WEIGHT].astype(np.float32))
         if ID in batch:
@@ -484,7 +488,8 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
             checkpoint_config=CheckpointConfig(num_to_keep=training.keep_checkpoints,
                                                checkpoint_score_attribute=best_by[0],
                                                checkpoint_score_order=best_by[1]),
-            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),
+            # ray.train's RunConfig is Train v2's at run time, but its typing is v1's, which lacks this key.
+            worker_runtime_env={"env_vars": {"DS_ACCELERATOR": "cuda" if use_gpu else "cpu"}}),  # type: ignore[call-arg]
         datasets={"train": train_ds.randomize_block_order(seed=seed), "validation": val_ds},
     )
     try:

@@ -77,8 +77,9 @@ def run_finetune_teacher(ctx: StageContext, data: PreparedData) -> Teachers:
     folds = size > 1 and teacher.ensemble.split == "folds"
     for i in range(size):
         train = dataset(paths, "train", extra=(schema.GROUP,) if folds else ())
-        if folds:
-            train = train.map_batches(without_fold, batch_format="pyarrow", fn_kwargs={"fold": i, "folds": size})
+        if folds:  # Ray types a map_batches function as taking the batch alone; fn_kwargs passes the rest.
+            train = train.map_batches(without_fold, batch_format="pyarrow",  # type: ignore[arg-type]
+                                      fn_kwargs={"fold": i, "folds": size})
         out = ctx.stage_dir if size == 1 else ctx.stage_dir / f"member-{i}"
         trained = finetune_teacher(resolve_model(teacher.model), spec.classes, train, dataset(paths, "validation"),
                                    teacher.finetune, teacher.max_length, out,
@@ -169,8 +170,8 @@ def train_on(ctx: StageContext, clean: list[str], noisy: list[str], val_paths: l
         train = train.map_batches(with_weight, batch_format="pyarrow")  # the clean rows are trusted
     if noisy:
         noisy_rows = dataset(noisy, "train", distilled, extra=noise.columns if noise else ())
-        if noise is not None or policy is not None:
-            noisy_rows = noisy_rows.map_batches(with_targets, batch_format="pyarrow",
+        if noise is not None or policy is not None:  # ignore: Ray types fn as taking the batch alone
+            noisy_rows = noisy_rows.map_batches(with_targets, batch_format="pyarrow",  # type: ignore[arg-type]
                                                 fn_kwargs={"noise": noise, "policy": policy})
         train = train.union(noisy_rows.select_columns(columns))
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=ctx.stage_dir.name,

@@ -125,11 +125,12 @@ def _one_round(ctx: StageContext, data: PreparedData, previous: Round, k: int) -
     pool = ctx_paths(ctx, previous.labels.shards(POOL))
     keep = _pool_sample(pool, spec.classes, semi.round_max_rows, semi.round_confidence if semi.round_targets ==
                         "hard" else 0.0, seed=semi.seed + k)
+    # Ray types a map_batches function as taking the batch alone; fn_kwargs passes the rest.
     train = dataset(labelled, "train", with_probs=False).map_batches(
-        with_one_hot, batch_format="pyarrow", fn_kwargs={"classes": spec.classes})
+        with_one_hot, batch_format="pyarrow", fn_kwargs={"classes": spec.classes})  # type: ignore[arg-type]
     if keep:
         train = train.union(dataset(pool, "train").map_batches(
-            pool_targets, batch_format="pyarrow",
+            pool_targets, batch_format="pyarrow",  # type: ignore[arg-type]
             fn_kwargs={"keep": keep, "classes": spec.classes, "hard": semi.round_targets == "hard"}))
     trained = finetune_teacher(resolve_model(spec.teacher.model), spec.classes, train, dataset(labelled, "validation"),
                                spec.teacher.finetune, spec.teacher.max_length, folder / "teacher",
@@ -221,7 +222,8 @@ def run_train_students(ctx: StageContext, data: PreparedData, rounds: Rounds) ->
                                             labelled_ids[:n_labelled], eligible[:n_pseudo], seed)
             points.append(StudentPoint(name, curve, x, n_labelled, n_pseudo, trained[key], seed))
     chosen = max(points, key=lambda p: _best_val_auc(p.model))
-    predicted = (np.asarray(pool_table.column(schema.PROBS).to_pylist()).argmax(1) if pool_n else np.zeros(0))
+    predicted = (np.asarray(pool_table.column(schema.PROBS).to_pylist()).argmax(1) if pool_table is not None and pool_n
+                 else np.zeros(0))
     keep = set(eligible)
     by_class = {c: int(sum(1 for i, p in zip(strings(pool_table, schema.ID), predicted, strict=True)
                            if p == k and i in keep)) for k, c in enumerate(spec.classes)} if pool_n else {}
@@ -236,13 +238,15 @@ def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[s
     if ctx.fetch(done):
         return TypeAdapter(TrainedModel).validate_python(json.loads(done.read_text()))
     parts = []
+    # Ray types a map_batches function as taking the batch alone; fn_kwargs passes the rest.
     if labelled_ids:
         parts.append(dataset(labelled, "train", with_probs=False).map_batches(
-            with_one_hot, batch_format="pyarrow", fn_kwargs={"classes": spec.classes, "keep": set(labelled_ids)}))
+            with_one_hot, batch_format="pyarrow",  # type: ignore[arg-type]
+            fn_kwargs={"classes": spec.classes, "keep": set(labelled_ids)}))
     if pool_ids:
         parts.append(dataset(pool, "train").map_batches(
-            pool_targets, batch_format="pyarrow", fn_kwargs={"keep": set(pool_ids), "classes": spec.classes,
-                                                              "hard": spec.semi_supervised.targets == "hard"}))
+            pool_targets, batch_format="pyarrow",  # type: ignore[arg-type]
+            fn_kwargs={"keep": set(pool_ids), "classes": spec.classes, "hard": spec.semi_supervised.targets == "hard"}))
     train = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     lineage = Lineage(job=spec.name, workload=spec.workload, stage=f"{ctx.stage_dir.name}/{_slug(name)}",
                       data={"input_runs": ctx.input_runs, "labelled_rows": len(labelled_ids),
@@ -257,7 +261,7 @@ def _train_point(ctx: StageContext, name: str, labelled: list[str], pool: list[s
 
 
 def _best_val_auc(model: TrainedModel) -> float:
-    aucs = [e.get("val_auc") for e in model.epochs if e.get("val_auc") is not None]
+    aucs = [auc for e in model.epochs if (auc := e.get("val_auc")) is not None]
     return max(aucs) if aucs else -1.0
 
 
@@ -447,8 +451,8 @@ def _curves(students: Students, reports: dict[str, ModelReport], seen: dict[str,
         entry = {"point": name, "curve": first.curve, "x": first.x, "labelled_rows": first.labelled_rows,
                  "pseudo_rows": first.pseudo_rows, "best_epoch": first.model.best_epoch, "runs": runs}
         for metric in ("macro_f1", "auc", "accuracy"):
-            values = [r[metric] for r in runs]
-            known = None not in values
+            values = [value for r in runs if (value := r[metric]) is not None]
+            known = len(values) == len(runs)
             entry[metric] = float(np.mean(values)) if known else None
             entry[f"{metric}_range"] = [min(values), max(values)] if known else None
         out.append(entry)
