@@ -40,7 +40,6 @@ from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from smallsec_ray.job import RunResults
-    from smallsec_ray.spec import JobSpec
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
@@ -48,7 +47,6 @@ sys.path.insert(0, str(HERE))
 from results import ROOT, Results, tiny_generator  # noqa: E402
 
 SPEC = ROOT / "jobs" / "cluster" / "distill.yaml"
-STAGES = ("prepare", "finetune_teacher", "label", "train_student")  # the job runs to the student, no further
 CLASSES = ["benign", "malicious"]
 TEACHER = "bundled:smollm2-135m-instruct"
 # Parity tolerance by dtype: float32 engines differ only by kernels; 16-bit ones by their rounding too.
@@ -101,6 +99,7 @@ def run_check(args: argparse.Namespace, work: Path, out: Results) -> int:
     import ray
 
     from smallsec_ray.data.demo import write_demo_data
+    from smallsec_ray.job import run_job
     from smallsec_ray.runtime import init_ray
     from smallsec_ray.spec import load_spec
 
@@ -111,8 +110,8 @@ def run_check(args: argparse.Namespace, work: Path, out: Results) -> int:
     spec = load_spec(SPEC, check_overrides(args, data, run, decoder))
     init_ray()  # up before run_job, so that it stays up for the label-token step
     try:
-        results, seconds = run_timed(spec)
-        figures = job_figures(args, results, seconds)
+        results = run_job(spec, until="train_student")
+        figures = job_figures(args, results)
         figures |= label_token_figures(args, results, decoder)
     finally:
         ray.shutdown()
@@ -144,20 +143,7 @@ def check_overrides(args: argparse.Namespace, data: Path, run: Path, decoder: st
     }
 
 
-def run_timed(spec: JobSpec) -> tuple[RunResults, dict[str, float]]:
-    """Runs the job to train_student a stage at a time: typed results carry no timings, so a stage's seconds are
-    those of the run_job call that ran it (each call skips the stages before it as complete)."""
-    from smallsec_ray.job import run_job
-
-    seconds = {}
-    for stage in STAGES:
-        started = time.monotonic()
-        results = run_job(spec, until=stage)
-        seconds[stage] = round(time.monotonic() - started, 1)
-    return results, seconds
-
-
-def job_figures(args: argparse.Namespace, results: RunResults, seconds: dict[str, float]) -> dict:
+def job_figures(args: argparse.Namespace, results: RunResults) -> dict:
     """Seconds and rates of the job's stages, and the classify parity on the labelled rows."""
     spec = results.spec
     finetune = results["finetune_teacher"].members[0]
@@ -170,13 +156,14 @@ def job_figures(args: argparse.Namespace, results: RunResults, seconds: dict[str
         "device": args.device, "gpu": gpu_name(args.device), "versions": versions(), "dtype": args.dtype,
         "rows": asdict(results["prepare"].rows),
         "finetune_teacher": {"model": spec.teacher.model, "zero_stage": fit.scaling.zero_stage,
-                             "precision": fit.scaling.precision, "seconds": seconds["finetune_teacher"],
+                             "precision": fit.scaling.precision, "seconds": results.seconds("finetune_teacher"),
                              "steps": math.ceil(finetune.training.train_rows / fit.batch_size),
                              "train_rows_per_s": round(finetune.training.samples_per_s, 1),
                              "val_loss": finetune.training.epochs[-1].get("val_loss")},
-        "label_classify": {"seconds": seconds["label"], "rows": label.rows.rows_in, "rows_per_s": label.rows_per_s},
+        "label_classify": {"seconds": results.seconds("label"), "rows": label.rows.rows_in,
+                           "rows_per_s": label.rows_per_s},
         "classify_parity": parity,
-        "train_student": {"seconds": seconds["train_student"], "epochs": spec.training.epochs,
+        "train_student": {"seconds": results.seconds("train_student"), "epochs": spec.training.epochs,
                           "train_rows_per_s": round(student.samples_per_s, 1)},
     }
 

@@ -102,6 +102,14 @@ class RunResults(dict):
             return path
         return storage.normalise(storage.join(self.output, path))
 
+    def seconds(self, stage: str) -> float:
+        """How long the stage took when it ran (in the run that made its result, for a skipped or reused one)."""
+        self[stage]  # a stage without a result: __missing__ says so
+        manifest = read_manifest(storage.join(self.output, stage))
+        if manifest is None:
+            raise StageError(f"{self.output}: stage {stage!r} has no manifest")
+        return float(manifest["seconds"])
+
     def __missing__(self, stage: str) -> Any:
         raise StageError(f"{self.output}: stage {stage!r} has no complete result (finished stages: "
                          f"{list(self) or 'none'}); run the job to the end first, e.g. smallsec run SPEC "
