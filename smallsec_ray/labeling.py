@@ -43,6 +43,7 @@ from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.data.io import write_parquet_atomic
 from smallsec_ray.data.schema import ID, META_CLASSES, META_TEACHER, PROBS, REASON, TEXT, TRUNCATED
 from smallsec_ray.errors import DataError, StageError
+from smallsec_ray.placement import check_request
 from smallsec_ray.teachers.backends import Teacher, make_teacher, teacher_identity
 
 OnTooLong = Literal["truncate", "quarantine"]
@@ -127,6 +128,8 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     results = {s: _finished_shard(s, out, classes, identity) for s in done}
     _remove_leftovers(out, [plan[s] for s in pending])
     if pending:
+        check_request("labeling", "teacher replica", replica_bundle(cpus_per_replica, gpus_per_replica, resources),
+                      min(min_replicas(replicas), len(pending)))
         shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
             ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
@@ -189,6 +192,15 @@ def teacher_args_for(teacher_cfg: dict, classes: list[str]) -> dict:
     """make_teacher's arguments from the spec's teacher keys (`model` is make_teacher's `model_dir`)."""
     args = {k: v for k, v in teacher_cfg.items() if k != "model"}
     return {**args, "model_dir": teacher_cfg["model"], "classes": list(classes)}
+
+
+def replica_bundle(cpus: float, gpus: float, resources: dict[str, float] | None) -> dict[str, float]:
+    """What one teacher replica reserves, as Ray's resource names."""
+    return {"CPU": cpus, **({"GPU": gpus} if gpus else {}), **(resources or {})}
+
+
+def min_replicas(replicas: int | tuple[int, int]) -> int:
+    return replicas if isinstance(replicas, int) else replicas[0]
 
 
 def actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrategy:

@@ -84,4 +84,4 @@ def finetune_teacher(model_dir: Path, classes: list[str], train_ds: Any, val_ds:
     labelled = col(LABEL).is_not_null()
     train = train_ds if pseudo_labelled else train_ds.filter(expr=labelled)
     return fit(task, finetune, train, val_ds.filter(expr=labelled), out_dir, name=name, seed=seed,
-               store_dir=store_dir)
+               store_dir=store_dir, spec_key="teacher.finetune")

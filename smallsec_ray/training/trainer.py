@@ -44,6 +44,7 @@ from smallsec_ray import console, storage
 from smallsec_ray.data.schema import ID, LABEL, PROBS, TEXT, WEIGHT
 from smallsec_ray.errors import DataError, StageError
 from smallsec_ray.label_policy import PolicyReport
+from smallsec_ray.placement import check_request
 from smallsec_ray.spec import DistillationSpec, FitSpec, StudentSpec
 from smallsec_ray.students import build_from_config, build_student, student_config
 from smallsec_ray.students.encoders import encoder_from_config
@@ -447,12 +448,14 @@ def storage_name(name: str) -> str:
 
 
 def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str | Path, name: str,
-        callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None) -> TrainedModel:
+        callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None,
+        spec_key: str = "training") -> TrainedModel:
     """Runs `train_loop_per_worker` on Ray Train (Ray must be up) and copies the best model to out_dir/model
     (a local folder). The checkpoints go to `store_dir`/checkpoints: out_dir's place in the run's output
     (a shared path or an object-store URI that every worker writes to; default out_dir). `seed` tells apart
     the fits of one spec (ensemble members, repeats: 0, 1, ...); the fit spec's own seed sets the rest, so
-    that every fit's initial weights and batch order are 1000 * training.seed + seed."""
+    that every fit's initial weights and batch order are 1000 * training.seed + seed. `spec_key` is where `training`
+    sits in the job spec, for errors."""
     seed = 1000 * training.seed + seed
     out_dir = Path(out_dir).resolve()
     checkpoints = storage.join(store_dir or str(out_dir), CHECKPOINTS_DIR)
@@ -477,6 +480,7 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
     best_by = ("val_loss", "min") if training.select_by == "loss" else ("val_auc", "max")
     resources = {"CPU": scaling.cpus_per_worker, **({"GPU": scaling.gpus_per_worker} if use_gpu else {}),
                  **scaling.resources}
+    check_request(f"{spec_key}.scaling", "worker", resources, scaling.workers)
     trainer = TorchTrainer(
         train_loop_per_worker,
         train_loop_config={"task": task, "fit": training, "total_steps": steps_per_epoch * training.epochs,
@@ -518,7 +522,8 @@ def fit(task: Task, training: FitSpec, train_ds: Any, val_ds: Any, out_dir: str 
 def train_student(training: FitSpec, student: StudentSpec, classes: list[str], train_ds: Any, val_ds: Any,
                   out_dir: str | Path, distillation: DistillationSpec | None = None,
                   lineage: Lineage | None = None, name: str = "train_student",
-                  callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None) -> TrainedModel:
+                  callbacks: Sequence[StepCallback] = (), seed: int = 0, store_dir: str | None = None,
+        spec_key: str = "training") -> TrainedModel:
     """Trains a student on `train_ds` (columns text, label, and probs when `distillation` is given; weight
     optional), picking the best epoch on `val_ds`. With student.init_from, training continues from that
     model folder (trained or shipped): its weights, architecture and encoder, e.g. a production model
