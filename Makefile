@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.setup-done
 SPEC ?= jobs/local/distill.yaml
 
-.PHONY: setup run test test-slow smoke tables lint clean
+.PHONY: setup run test test-slow test-autoscaling local-cluster smoke tables lint clean
 
 setup: $(STAMP)
 
@@ -26,10 +26,19 @@ run: setup
 
 # The README's test command: every test but the slow multi-node and end-to-end ones (.ci/run runs those after).
 test: setup
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow and not autoscaling"
 
 test-slow: setup
-	$(BIN)/python -m pytest -q -m slow
+	$(BIN)/python -m pytest -q -m "slow and not autoscaling"
+
+# Jobs on a local autoscaling cluster (smallsec_ray/autoscaling.py), alone in their pytest process: the cluster's
+# fake nodes are raylets of this machine, and another Ray beside them would starve them.
+test-autoscaling: setup
+	$(BIN)/python -m pytest -q -m autoscaling tests/test_autoscaling.py
+
+# An autoscaling cluster on this machine with cluster/aws.yaml's node types: watch it scale (cluster/README.md).
+local-cluster: setup
+	$(BIN)/smallsec local-cluster cluster/aws.yaml
 
 # Every benchmark and experiment in its smoke mode: tiny rows and models, the same code (benchmarks/smoke.py).
 smoke: setup

@@ -37,10 +37,13 @@ from smallsec_ray.placement import NODE_GROUP_LABEL
 
 FAKE_HEAD_NODE_ID = "f" * 51 + "00000"  # the fake provider's id of the head (its workers count up from it)
 HEAD_TYPE = "ray.head.default"  # the fake provider's name for the head's node type
-FAKE_PROVIDER = "ray.autoscaler._private.fake_multi_node.node_provider.FakeMultiNodeProvider"
+# Memory each fake node declares: Ray Data asks for memory with its actors, and the autoscaler starts a node for a
+# request only if the node type says it has that much (a cloud provider fills it in from the instance type).
+NODE_MEMORY = {"memory": 4 << 30, "object_store_memory": 512 << 20}
+FAKE_PROVIDER = "smallsec_ray.autoscaling.LocalNodeProvider"
 
 
-def fake_node_types(config: dict, cpus: float = 1, max_workers: int = 2) -> dict[str, dict]:
+def fake_node_types(config: dict, cpus: int = 1, max_workers: int = 2) -> dict[str, dict]:
     """The fake provider's node types from a launcher config: the head with the shipped head type's resources,
     every worker group with `cpus` CPUs, GPU 0 and its custom resources, from its min_workers to at most
     `max_workers` nodes. Spot twins (`*_spot`: the same resources again) are left out: with them the
@@ -53,13 +56,13 @@ def fake_node_types(config: dict, cpus: float = 1, max_workers: int = 2) -> dict
             continue
         custom = {k: v for k, v in group.get("resources", {}).items() if k not in ("CPU", "GPU")}
         low = group.get("min_workers", 0)
-        types[name] = {"resources": {"CPU": cpus, **custom}, "node_config": {}, "min_workers": low,
+        types[name] = {"resources": {"CPU": cpus, **custom, **NODE_MEMORY}, "node_config": {}, "min_workers": low,
                        "labels": {NODE_GROUP_LABEL: name},
                        "max_workers": max(low, min(max_workers, group.get("max_workers", max_workers)))}
     return types
 
 
-def fake_cluster_config(config: dict, gcs_address: str, idle_timeout_s: float = 30, cpus: float = 1,
+def fake_cluster_config(config: dict, gcs_address: str, idle_timeout_s: float = 30, cpus: int = 1,
                         max_workers: int = 2) -> dict[str, Any]:
     """A whole autoscaler config for the fake provider (Ray 2.60's wheel lacks the example.yaml that
     ray.cluster_utils.AutoscalingCluster reads): the node types above, the shipped upscaling speed, and an
@@ -70,8 +73,8 @@ def fake_cluster_config(config: dict, gcs_address: str, idle_timeout_s: float = 
         "max_workers": sum(t["max_workers"] for name, t in types.items() if name != HEAD_TYPE),
         "upscaling_speed": config.get("upscaling_speed", 1.0),
         "idle_timeout_minutes": idle_timeout_s / 60,
-        # Ray's fake provider, named as an external one: its own type name would make the autoscaler load
-        # defaults from an example.yaml that Ray 2.60's wheel does not ship.
+        # Ray's fake provider (LocalNodeProvider), named as an external one: its own type name would make the
+        # autoscaler load defaults from an example.yaml that Ray 2.60's wheel does not ship.
         "provider": {"type": "external", "module": FAKE_PROVIDER, "gcs_address": gcs_address,
                      "launch_multiple": True, "head_node_id": FAKE_HEAD_NODE_ID},
         "auth": {"ssh_user": os.environ.get("USER", "ray")},
@@ -82,6 +85,22 @@ def fake_cluster_config(config: dict, gcs_address: str, idle_timeout_s: float = 
         "head_setup_commands": [], "worker_setup_commands": [], "head_start_ray_commands": [],
         "worker_start_ray_commands": [],
     }
+
+
+def _fake_provider() -> type:
+    from ray.autoscaler._private.fake_multi_node.node_provider import FakeMultiNodeProvider
+
+    return FakeMultiNodeProvider
+
+
+class LocalNodeProvider(_fake_provider()):  # type: ignore[misc]
+    """Ray's fake multi-node provider, but a node type's `memory` is what the autoscaler plans with, not a resource
+    the node is started with (Ray refuses `memory` as a custom resource; the raylet counts this machine's)."""
+
+    def create_node_with_resources_and_labels(self, node_config: dict, tags: dict, count: int, resources: dict,
+                                              labels: dict) -> Any:
+        started = {k: v for k, v in resources.items() if k != "memory"}
+        return super().create_node_with_resources_and_labels(node_config, tags, count, started, labels)
 
 
 def publish_node_types(gcs_address: str, types: dict[str, dict]) -> None:
@@ -97,7 +116,8 @@ def publish_node_types(gcs_address: str, types: dict[str, dict]) -> None:
         group.min_count = t.get("min_workers", 0)
         group.max_count = t.get("max_workers", 0)
         for key, value in t["resources"].items():
-            group.resources[key] = int(value)
+            if key != "object_store_memory":
+                group.resources[key] = int(value)
     GcsClient(address=gcs_address).report_cluster_config(config.SerializeToString())
 
 
@@ -117,7 +137,7 @@ class LocalAutoscalingCluster:
 
     config_path: str | Path
     idle_timeout_s: float = 30
-    cpus: float = 1
+    cpus: int = 1  # whole CPUs: Ray's published node types count resources in integers
     max_workers: int = 2
     env: dict[str, str] = field(default_factory=dict)
     folder: Path | None = None  # Ray's temp dir; a fresh short one by default (socket paths <= 107 bytes)

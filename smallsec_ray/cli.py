@@ -121,6 +121,31 @@ def _follow(address: str, job_id: str) -> int:
     return 0 if status == JobStatus.SUCCEEDED else 1
 
 
+def _cmd_local_cluster(args: argparse.Namespace) -> int:
+    import time
+
+    from smallsec_ray.autoscaling import LocalAutoscalingCluster
+
+    if not Path(args.config).is_file():
+        raise SpecError(f"local-cluster: {args.config}: no such launcher config; name one of cluster/*.yaml")
+    cluster = LocalAutoscalingCluster(args.config, idle_timeout_s=args.idle_timeout, cpus=args.cpus,
+                                      max_workers=args.max_workers)
+    print(f"starting an autoscaling Ray cluster with the node types of {args.config} (fake provider: every node "
+          f"is a raylet on this machine, {args.cpus:g} CPU each, no GPUs) ...", flush=True)
+    with cluster:
+        print(f"up: head {cluster.gcs_address}, dashboard {cluster.address}; its log: {cluster.folder}")
+        print(f"  watch:   watch -n 2 ray status --address {cluster.gcs_address}")
+        print(f"  submit:  GPUS_PER_WORKER=0 CPUS_PER_WORKER=1 TEACHER_WORKERS=1 STUDENT_WORKERS=1 "
+              f"smallsec submit jobs/cluster/distill.yaml --address {cluster.address} --wait")
+        print(f"idle workers go after {args.idle_timeout:g} s; Ctrl-C stops the cluster", flush=True)
+        try:
+            while True:
+                time.sleep(3600)
+        except KeyboardInterrupt:
+            print("stopping the cluster")
+    return 0
+
+
 def _cmd_demo_data(args: argparse.Namespace) -> int:
     from smallsec_ray.data.demo import write_demo_data
 
@@ -190,6 +215,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("spec-reference", help="print every job spec key with its type, default and meaning")
     p.set_defaults(func=_cmd_spec_reference)
+
+    p = sub.add_parser("local-cluster", help="start an autoscaling Ray cluster on this machine, with a launcher "
+                       "config's node types, to watch a job scale",
+                       description="Start Ray's fake multi-node provider on this machine: the head and the node "
+                       "types of a launcher config (cluster/aws.yaml), each worker type with --cpus CPUs, no GPUs "
+                       "and its custom resources (teacher_gpu, trainer_gpu), from its min_workers. The autoscaler "
+                       "adds a node (a raylet here) when a stage asks for what a type offers and removes it when "
+                       "idle. Stops, with every node it started, on Ctrl-C. See cluster/README.md.")
+    p.add_argument("config", nargs="?", default="cluster/aws.yaml", help="launcher config whose node types to "
+                   "take (default: cluster/aws.yaml)")
+    p.add_argument("--idle-timeout", type=float, default=60, metavar="S", help="seconds an idle worker node "
+                   "stays (default 60; the shipped config says 10 minutes)")
+    p.add_argument("--cpus", type=int, default=1, help="CPUs of each worker node (default 1)")
+    p.add_argument("--max-workers", type=int, default=2, help="at most this many nodes per type (default 2: each "
+                   "node is a raylet of this machine)")
+    p.set_defaults(func=_cmd_local_cluster)
 
     p = sub.add_parser("demo-data", help="write a small synthetic telemetry set (for the demo job only)",
                        description="Write synthetic command lines, URLs and HTML pages (labelled, noisily "

@@ -25,9 +25,9 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Callable
-from contextlib import nullcontext
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
 
@@ -36,7 +36,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import ray
-from ray.data import ActorPoolStrategy
+from ray.data import ActorPoolStrategy, DataContext
 
 from smallsec_ray import console, storage
 from smallsec_ray.data.accounting import RowCounts
@@ -130,7 +130,8 @@ def label_shards(input_paths: list[str], out_dir: str, teacher_cfg: dict, classe
     if pending:
         check_request("labeling", "teacher replica", replica_bundle(cpus_per_replica, gpus_per_replica, resources),
                       min(min_replicas(replicas), len(pending)))
-        shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
+        with growing_pools():
+            shards = ray.data.from_items([{"path": s} for s in pending], override_num_blocks=len(pending))
         labelled = shards.map_batches(
             ShardLabeller, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None, resources=resources or None,
@@ -201,6 +202,21 @@ def replica_bundle(cpus: float, gpus: float, resources: dict[str, float] | None)
 
 def min_replicas(replicas: int | tuple[int, int]) -> int:
     return replicas if isinstance(replicas, int) else replicas[0]
+
+
+@contextmanager
+def growing_pools() -> Iterator[None]:
+    """Datasets made inside take their actor pools to grow while every replica is busy and inputs wait.
+    Ray Data grows a pool when its tasks in flight reach 1.75x its size (DataContext's default); with one
+    shard in flight per replica (actor_pool) they never pass 1x, and a [min, max] pool would stay at min."""
+    context = DataContext.get_current()
+    saved = context.autoscaling_config
+    # a new object: a dataset keeps a shallow copy of the context, and with it this config
+    context.autoscaling_config = replace(saved, actor_pool_util_upscaling_threshold=1.0)
+    try:
+        yield
+    finally:
+        context.autoscaling_config = saved
 
 
 def actor_pool(replicas: int | tuple[int, int], shards: int) -> ActorPoolStrategy:

@@ -11,7 +11,11 @@ not an error: the autoscaler may know a node type that fits.
 
 from __future__ import annotations
 
+import _thread
+import json
 import math
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -51,10 +55,8 @@ def cluster_offer() -> tuple[list[Offer], bool]:
     alive: dict[str, list[dict[str, float]]] = {}
     for node in ray.nodes():
         if node.get("Alive"):
-            name = (node.get("Labels") or {}).get(NODE_GROUP_LABEL) or ("head" if _is_head(node) else "node")
-            name = "this machine" if name == "head" and _started_here() else name
-            resources = {k: float(v) for k, v in node.get("Resources", {}).items()
-                         if k not in _IMPLICIT and not k.startswith("node:")}
+            name = _node_type(node)
+            resources = {k: float(v) for k, v in node.get("Resources", {}).items() if _asked_for(k)}
             alive.setdefault(name, []).append(resources)
     types = autoscaler_node_types()
     offers = []
@@ -139,3 +141,124 @@ def _started_here() -> bool:
 
     node = ray._private.worker._global_node
     return node is not None and bool(getattr(node, "head", False))
+
+
+class StageWatch:
+    """Watches the cluster while a stage runs, once a second, from a thread of the driver:
+    * which node types the stage's work held resources on (a stage runs alone, so what is in use is its work):
+      `nodes`, {node type: most nodes of it in use at once}, for the stage's manifest;
+    * the autoscaler's pending launches, as a progress line ("label: waiting for 2 teacher_gpu nodes from the
+      autoscaler, 45 s");
+    * a stall: work waiting for resources, none of it running and no node coming, or nodes coming for longer
+      than `timeout_s`. Then the main thread is interrupted and `expired` holds the reason (the stage runner
+      turns it into the stage's error).
+    A no-op when Ray is not up."""
+
+    def __init__(self, stage: str, timeout_s: float | None, every_s: float = 1.0) -> None:
+        self.stage, self.timeout_s, self.every_s = stage, timeout_s, every_s
+        self.nodes: dict[str, int] = {}
+        self.expired: str | None = None
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._types: dict[str, str] = {}  # node id -> node type
+
+    def __enter__(self) -> StageWatch:
+        import ray
+
+        if ray.is_initialized():
+            self._thread = threading.Thread(target=self._watch, name=f"smallsec-watch-{self.stage}", daemon=True)
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+
+    def _watch(self) -> None:
+        coming_since: float | None = None  # nodes on their way, since
+        stalled_since: float | None = None  # work waiting and none running, since
+        shown = 0.0
+        while not self._stop.wait(self.every_s):
+            try:
+                used = self._sample()
+                coming, demand = autoscaler_pending()
+            except Exception:  # Ray going down with the job: nothing more to watch
+                return
+            now = time.monotonic()
+            coming_since = (coming_since or now) if coming else None
+            stalled_since = (stalled_since or now) if (coming or demand) and not used else None
+            if coming_since is not None and now - shown >= 15:
+                shown = now
+                from smallsec_ray import console
+
+                nodes = ", ".join(f"{n} {t} node{'s' if n > 1 else ''}" for t, n in sorted(coming.items()))
+                console.say(f"{self.stage}: waiting for {nodes} from the autoscaler, {now - coming_since:.0f} s")
+            if self.timeout_s is not None and stalled_since is not None and now - stalled_since > self.timeout_s:
+                what = (f"the autoscaler's {', '.join(sorted(coming))} node(s)" if coming else
+                        "resources no node has free, and no node is coming")
+                self.expired = (f"{self.stage}: waited {now - stalled_since:.0f} s, none of its work running, for "
+                                f"{what} (resources.scale_up_timeout: {self.timeout_s:g} s); `ray status` shows "
+                                "what the cluster is short of")
+                _thread.interrupt_main()
+                return
+
+    def _sample(self) -> bool:
+        """Records the node types with resources in use now; whether any are."""
+        import ray
+        import ray._private.state
+
+        total = ray._private.state.total_resources_per_node()
+        free = ray._private.state.available_resources_per_node()
+        if set(total) - set(self._types):
+            self._types = {n["NodeID"]: _node_type(n) for n in ray.nodes()}
+        now: dict[str, int] = {}
+        for node_id, resources in total.items():
+            left = free.get(node_id, {})
+            if any(v - left.get(k, 0) > 1e-9 for k, v in resources.items() if _asked_for(k)):
+                kind = self._types.get(node_id, "node")
+                now[kind] = now.get(kind, 0) + 1
+        for kind, count in now.items():
+            self.nodes[kind] = max(count, self.nodes.get(kind, 0))
+        return bool(now)
+
+
+def autoscaler_pending() -> tuple[dict[str, int], bool]:
+    """({node type: nodes being launched}, whether tasks or actors wait for resources), from the autoscaler's
+    status (v2's API, or v1's report in the GCS); ({}, False) without an autoscaler."""
+    import ray
+    from ray.autoscaler.v2.utils import is_autoscaler_v2
+
+    if is_autoscaler_v2():
+        from ray.autoscaler.v2.sdk import get_cluster_status
+
+        status = get_cluster_status(ray.get_runtime_context().gcs_address)
+        coming: dict[str, int] = {}
+        for launch in status.pending_launches:
+            coming[launch.ray_node_type_name] = coming.get(launch.ray_node_type_name, 0) + launch.count
+        for node in status.pending_nodes:
+            coming[node.ray_node_type_name] = coming.get(node.ray_node_type_name, 0) + 1
+        demand = status.resource_demands
+        return coming, bool(demand.ray_task_actor_demand or demand.placement_group_demand)
+    from ray._private import ray_constants
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+    if not raw:
+        return {}, False
+    status = json.loads(raw)
+    report = status.get("autoscaler_report") or {}
+    coming = dict(report.get("pending_launches") or {})
+    for _ip, kind, _state in report.get("pending_nodes") or []:
+        coming[kind] = coming.get(kind, 0) + 1
+    load = status.get("load_metrics_report") or {}
+    return coming, bool(load.get("resource_demand") or load.get("pending_placement_groups"))
+
+
+def _node_type(node: dict) -> str:
+    name = (node.get("Labels") or {}).get(NODE_GROUP_LABEL) or ("head" if _is_head(node) else "node")
+    return "this machine" if name == "head" and _started_here() else name
+
+
+def _asked_for(resource: str) -> bool:
+    return resource not in _IMPLICIT and not resource.startswith("node:")

@@ -39,6 +39,7 @@ from pydantic import TypeAdapter
 from smallsec_ray import storage
 from smallsec_ray.data.accounting import RowCounts
 from smallsec_ray.errors import StageError
+from smallsec_ray.placement import StageWatch
 from smallsec_ray.spec import JobSpec
 
 if TYPE_CHECKING:
@@ -324,7 +325,13 @@ def _run_one(stage: Stage, ctx: StageContext, folder: RunFolder, fingerprint: st
     started = time.time()
     storage.write_text(storage.join(ctx.store_dir, STARTED), json.dumps(
         {"fingerprint": fingerprint, "reads": reads, "inputs": inputs, "started": _iso(started)}, default=str))
-    result = stage.run(ctx, **args)
+    with StageWatch(stage.name, ctx.spec.resources.scale_up_timeout) as watch:
+        try:
+            result = stage.run(ctx, **args)
+        except KeyboardInterrupt:
+            if watch.expired:  # the watch stopped a stage that waited too long for nodes
+                raise StageError(watch.expired) from None
+            raise
     if not isinstance(result, stage.result_type):
         raise StageError(f"stage {stage.name!r} returned a {type(result).__name__}, not the "
                          f"{stage.result_type.__name__} it declares; this is a bug in the workload")
@@ -339,6 +346,7 @@ def _run_one(stage: Stage, ctx: StageContext, folder: RunFolder, fingerprint: st
         "started": _iso(started),
         "finished": _iso(time.time()),
         "seconds": round(time.time() - started, 2),
+        "nodes": watch.nodes,  # node type -> most nodes of it the stage's work used at once
         "result_type": type(result).__name__,
         "result": asdict(result),
     }

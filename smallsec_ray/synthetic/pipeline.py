@@ -28,7 +28,7 @@ from smallsec_ray import console, storage
 from smallsec_ray.data.io import write_parquet_atomic
 from smallsec_ray.data.schema import ID, LABEL, REASON, TEXT
 from smallsec_ray.errors import StageError
-from smallsec_ray.labeling import actor_pool, min_replicas, replica_bundle, teacher_args_for
+from smallsec_ray.labeling import actor_pool, growing_pools, min_replicas, replica_bundle, teacher_args_for
 from smallsec_ray.placement import check_request
 from smallsec_ray.synthetic.checks import check, visible_text
 from smallsec_ray.synthetic.dedup import drop_duplicates
@@ -83,8 +83,9 @@ def generate_families(plans: list[FamilyPlan], out_dir: str | Path, teacher_cfg:
     if pending:
         check_request("labeling", "generator replica", replica_bundle(cpus_per_replica, gpus_per_replica, resources),
                       min(min_replicas(replicas), len(pending)))
-        items = ray.data.from_items([{"plan": json.dumps(asdict(p))} for p in pending],
-                                    override_num_blocks=len(pending))
+        with growing_pools():
+            items = ray.data.from_items([{"plan": json.dumps(asdict(p))} for p in pending],
+                                        override_num_blocks=len(pending))
         written = items.map_batches(
             FamilyWriter, batch_size=1, compute=actor_pool(replicas, len(pending)), num_cpus=cpus_per_replica,
             num_gpus=gpus_per_replica or None, resources=resources or None,
