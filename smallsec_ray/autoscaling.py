@@ -94,13 +94,36 @@ def _fake_provider() -> type:
 
 
 class LocalNodeProvider(_fake_provider()):  # type: ignore[misc]
-    """Ray's fake multi-node provider, but a node type's `memory` is what the autoscaler plans with, not a resource
-    the node is started with (Ray refuses `memory` as a custom resource; the raylet counts this machine's)."""
+    """Ray's fake multi-node provider, with two changes for nodes that share one machine and one session folder:
+    * each node keeps its jobs' runtime environments (working dirs) in a folder of its own: in a shared one, a
+      node that joins mid-job unpacks the job's working dir again over the one the other nodes' workers run in
+      (Ray overwrites it), and those workers lose their current directory;
+    * a node type's `memory` is what the autoscaler plans with, not a resource the node starts with (Ray refuses
+      `memory` as a custom resource; the raylet counts this machine's)."""
 
-    def create_node_with_resources_and_labels(self, node_config: dict, tags: dict, count: int, resources: dict,
-                                              labels: dict) -> Any:
-        started = {k: v for k, v in resources.items() if k != "memory"}
-        return super().create_node_with_resources_and_labels(node_config, tags, count, started, labels)
+    def _create_node_with_resources_and_labels(self, node_config: dict, tags: dict, count: int, resources: dict,
+                                               labels: dict) -> None:
+        import ray._private.node
+        from ray._private import ray_constants
+        from ray._private.parameter import RayParams
+        from ray.autoscaler import tags as tag
+
+        custom = {k: v for k, v in resources.items() if k not in ("CPU", "GPU", "memory", "object_store_memory")}
+        with self.lock:
+            kind = tags[tag.TAG_RAY_USER_NODE_TYPE]
+            node_id = self._next_hex_node_id()
+            params = RayParams(
+                num_cpus=resources.get("CPU", 0), num_gpus=resources.get("GPU", 0),
+                object_store_memory=resources.get("object_store_memory"), resources=custom, labels=labels,
+                gcs_address=self._gcs_address, min_worker_port=0, max_worker_port=0, dashboard_port=None,
+                dashboard_agent_listen_port=0, runtime_env_dir_name=f"runtime_resources_{node_id[-5:]}",
+                env_vars={"RAY_OVERRIDE_NODE_ID_FOR_TESTING": node_id, "RAY_CLOUD_INSTANCE_ID": node_id,
+                          "RAY_NODE_TYPE_NAME": kind, ray_constants.RESOURCES_ENVIRONMENT_VARIABLE: json.dumps(custom),
+                          ray_constants.LABELS_ENVIRONMENT_VARIABLE: json.dumps(labels)})
+            node = ray._private.node.Node(params, head=False, shutdown_at_exit=False, spawn_reaper=False)
+            self._nodes[node_id] = {"node": node, "tags": {
+                tag.TAG_RAY_NODE_KIND: tag.NODE_KIND_WORKER, tag.TAG_RAY_USER_NODE_TYPE: kind,
+                tag.TAG_RAY_NODE_NAME: node_id, tag.TAG_RAY_NODE_STATUS: tag.STATUS_UP_TO_DATE, **tags}}
 
 
 def publish_node_types(gcs_address: str, types: dict[str, dict]) -> None:

@@ -75,14 +75,15 @@ def autoscaler_node_types() -> dict[str, tuple[int, dict[str, float]]] | None:
 
     config = ray._private.state.state.get_cluster_config()
     if config is not None and config.node_group_configs:
-        return {g.name: (g.max_count, {k: float(v) for k, v in g.resources.items()}) for g in config.node_group_configs}
+        return {g.name: (g.max_count, {k: float(v) for k, v in g.resources.items() if _asked_for(k)})
+                for g in config.node_group_configs}
     path = BOOTSTRAP_CONFIG.expanduser()
     if not path.is_file():
         return None
     launcher = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     head = launcher.get("head_node_type")
     return {name: (0 if name == head else int(group.get("max_workers", launcher.get("max_workers", 0))),
-                   {k: float(v) for k, v in group.get("resources", {}).items()})
+                   {k: float(v) for k, v in group.get("resources", {}).items() if _asked_for(k)})
             for name, group in launcher.get("available_node_types", {}).items()}
 
 
