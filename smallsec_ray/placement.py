@@ -11,9 +11,9 @@ not an error: the autoscaler may know a node type that fits.
 
 from __future__ import annotations
 
-import _thread
 import json
 import math
+import signal
 import threading
 import time
 from dataclasses import dataclass
@@ -201,7 +201,8 @@ class StageWatch:
                 self.expired = (f"{self.stage}: waited {now - stalled_since:.0f} s, none of its work running, for "
                                 f"{what} (resources.scale_up_timeout: {self.timeout_s:g} s); `ray status` shows "
                                 "what the cluster is short of")
-                _thread.interrupt_main()
+                # SIGINT to the main thread: wakes it from a blocking call too (a KeyboardInterrupt there)
+                signal.pthread_kill(threading.main_thread().ident or 0, signal.SIGINT)
                 return
 
     def _sample(self) -> bool:

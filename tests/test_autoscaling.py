@@ -7,6 +7,7 @@ second Ray on a 2-core machine beside them would starve the fake nodes."""
 
 import json
 import os
+import re
 import signal
 import threading
 import time
@@ -103,11 +104,14 @@ def cluster_job(tmp_path: Path, tiny_classifier: Path, monkeypatch) -> Path:
     return runs / "distill-cluster"
 
 
-def submit(cluster: LocalAutoscalingCluster, *sets: str) -> int:
-    """`smallsec submit --wait` of the shipped spec, with TINY and `sets` as --set overrides; its exit code."""
+def submit(cluster: LocalAutoscalingCluster, *extra: str) -> int:
+    """`smallsec submit --wait` of the shipped spec, with TINY as --set overrides and `extra` options (a KEY=VALUE
+    is one more --set); its exit code."""
     args = ["submit", "jobs/distill.yaml", "--address", cluster.address, "--wait"]
-    for text in (*TINY, *sets):
+    for text in TINY:
         args += ["--set", text]
+    for text in extra:
+        args += ["--set", text] if "=" in text and not text.startswith("-") else [text]
     return main(args)
 
 
@@ -147,6 +151,8 @@ def test_the_shipped_cluster_spec_scales_each_group_up_as_stages_ask_and_down_af
         printed = capsys.readouterr().out
     assert code == 0, printed[-4000:]
     assert "[7/7] evaluate: done" in printed
+    # the console said what the stages waited for
+    assert re.search(r"\w+: waiting for \d+ \w+ nodes? from the autoscaler, \d+ s", printed), printed[-3000:]
     done = manifests(run)
     # Each stage's replicas or workers ran on the group that offers what they ask for. Data work (CPU only) may
     # take the CPU of any node: once the cpu group is at its max, the autoscaler adds whichever type has a CPU
@@ -181,7 +187,7 @@ def test_a_teacher_node_lost_mid_labelling_is_replaced_and_every_row_is_labelled
     with NodeLog(cluster) as seen:
         thread = threading.Thread(target=preempt, daemon=True)
         thread.start()
-        code = submit(cluster, "training.epochs=1")
+        code = submit(cluster, "--until", "label")
         printed = capsys.readouterr().out
         thread.join(timeout=10)
     assert code == 0, printed[-4000:]
