@@ -197,9 +197,14 @@ def _console_stream() -> tuple[IO[str], bool]:
 @contextmanager
 def relaying(console: Console) -> Iterator[None]:
     """Starts the relay actor (Ray must be up) and a thread that hands its messages to `console`."""
+    import ray
     from ray.util.queue import Empty, Queue
+    from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
-    queue = Queue(actor_options={"num_cpus": 0})
+    # On the driver's node: an actor that reserves nothing keeps no node busy, and an autoscaler would take the
+    # node it ran on away as idle, the relay with it.
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue = Queue(actor_options={"num_cpus": 0, "scheduling_strategy": here})
     stop = threading.Event()
 
     def pump() -> None:
