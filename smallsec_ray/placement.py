@@ -150,8 +150,8 @@ class StageWatch:
       `nodes`, {node type: most nodes of it in use at once}, for the stage's manifest;
     * the autoscaler's pending launches, as a progress line ("label: waiting for 2 teacher_gpu nodes from the
       autoscaler, 45 s");
-    * a stall: work waiting for resources, none of it running and no node coming, or nodes coming for longer
-      than `timeout_s`. Then the main thread is interrupted and `expired` holds the reason (the stage runner
+    * a stall: work waiting for resources (or nodes coming) with nothing running on the cluster, for longer than
+      `timeout_s` (on a cluster shared with other jobs, their work counts as running: no stall is seen). Then the main thread is interrupted and `expired` holds the reason (the stage runner
       turns it into the stage's error).
     A no-op when Ray is not up."""
 
@@ -198,7 +198,8 @@ class StageWatch:
             if self.timeout_s is not None and stalled_since is not None and now - stalled_since > self.timeout_s:
                 what = (f"the autoscaler's {', '.join(sorted(coming))} node(s)" if coming else
                         "resources no node has free, and no node is coming")
-                self.expired = (f"{self.stage}: waited {now - stalled_since:.0f} s, none of its work running, for "
+                self.expired = (f"{self.stage}: waited {now - stalled_since:.0f} s, with nothing running on the "
+                                f"cluster, for "
                                 f"{what} (resources.scale_up_timeout: {self.timeout_s:g} s); `ray status` shows "
                                 "what the cluster is short of")
                 # SIGINT to the main thread: wakes it from a blocking call too (a KeyboardInterrupt there)

@@ -435,8 +435,8 @@ class ResourcesSpec(Section):
     num_cpus: int | None = Field(None, ge=1, description="Logical CPUs of the embedded Ray (null: this "
                                  "machine's count).")
     dashboard: bool = Field(False, description="Start the Ray dashboard of the embedded Ray (on 127.0.0.1).")
-    scale_up_timeout: float | None = Field(1200, gt=0, description="Seconds a stage may wait with none of its work "
-                                           "running, for nodes the autoscaler is starting or for resources no "
+    scale_up_timeout: float | None = Field(1200, gt=0, description="Seconds a stage may wait, with nothing running on "
+                                           "the cluster, for nodes the autoscaler is starting or for resources no "
                                            "node has free; then it fails, naming what it waited for. null waits "
                                            "forever.")
 
