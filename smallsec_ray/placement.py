@@ -151,8 +151,9 @@ class StageWatch:
     * the autoscaler's pending launches, as a progress line ("label: waiting for 2 teacher_gpu nodes from the
       autoscaler, 45 s");
     * a stall: work waiting for resources (or nodes coming) with nothing running on the cluster, for longer than
-      `timeout_s` (on a cluster shared with other jobs, their work counts as running: no stall is seen). Then the main thread is interrupted and `expired` holds the reason (the stage runner
-      turns it into the stage's error).
+      `timeout_s` (on a cluster shared with other jobs, their work counts as running: no stall is seen). Then
+      the main thread is interrupted and `expired` holds the reason (the stage runner turns it into the stage's
+      error).
     A no-op when Ray is not up."""
 
     def __init__(self, stage: str, timeout_s: float | None, every_s: float = 1.0) -> None:
